@@ -1,0 +1,46 @@
+"""vllm-ascend-rerank: a vLLM platform plugin serving Qwen3-VL rerankers on Ascend NPUs.
+
+Entry points only; importing this package imports neither vLLM's engine nor torch_npu.
+"""
+
+from __future__ import annotations
+
+SUPPORTED_VLLM = "0.32.0"
+__version__ = "0.1.0"
+
+_PLATFORM = "vllm_ascend_rerank.platform.AscendRerankPlatform"
+
+
+def _check_vllm_version() -> None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        found = version("vllm")
+    except PackageNotFoundError as exc:
+        raise RuntimeError("vllm-ascend-rerank needs vLLM installed") from exc
+    if found.split("+")[0] != SUPPORTED_VLLM:
+        raise RuntimeError(
+            f"vllm-ascend-rerank {__version__} supports vLLM {SUPPORTED_VLLM} only; "
+            f"found vLLM {found}. Install vllm=={SUPPORTED_VLLM} (see README)."
+        )
+
+
+def register() -> str | None:
+    """``vllm.platform_plugins`` entry point: the platform's qualified name.
+
+    Cheap and idempotent (vLLM calls it more than once); it must not import
+    ``vllm.platforms.current_platform``.
+    """
+    import os
+
+    if os.getenv("VLLM_ASCEND_RERANK_DEVICE", "auto").lower() == "off":
+        return None
+    _check_vllm_version()
+    return _PLATFORM
+
+
+def register_ops() -> None:
+    """``vllm.general_plugins`` entry point, run in every vLLM process."""
+    from vllm_ascend_rerank.registration import register_all
+
+    register_all()

@@ -1,0 +1,140 @@
+"""What the plugin changes in vLLM's config, and why (called by the platform).
+
+Anything the device cannot do is switched off or rejected here with a warning that
+names the parameter, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+import psutil
+import torch
+from vllm.logger import init_logger
+
+from vllm_ascend_rerank import envs
+
+if TYPE_CHECKING:
+    from vllm.config import VllmConfig
+
+logger = init_logger(__name__)
+
+CPU_WORKER = "vllm_ascend_rerank.worker.worker.RerankCPUWorker"
+NPU_WORKER = "vllm_ascend_rerank.worker.worker.RerankNPUWorker"
+
+# Prefill-only pooling: small blocks let prefix caching reuse a shared system
+# prompt + query at fine granularity. NPU paged-attention kernels want 128.
+CPU_BLOCK_SIZE = 16
+NPU_BLOCK_SIZE = 128
+
+# The CPU KV budget never takes more than this share of available RAM.
+_CPU_KV_MAX_RAM_FRACTION = 0.25
+_MiB = 1 << 20
+
+
+def update_config(vllm_config: VllmConfig, npu: bool) -> None:
+    from vllm.config import CompilationMode
+    from vllm.config.compilation import CUDAGraphMode
+
+    if vllm_config.model_config is not None:
+        _reranker_head(vllm_config)
+    parallel = vllm_config.parallel_config
+    if parallel.worker_cls == "auto":
+        parallel.worker_cls = NPU_WORKER if npu else CPU_WORKER
+    if parallel.enable_dbo:
+        _off("parallel_config.enable_dbo", "dual-batch overlap needs CUDA streams")
+        parallel.enable_dbo = False
+
+    cache = vllm_config.cache_config
+    if not cache.user_specified_block_size:
+        cache.block_size = NPU_BLOCK_SIZE if npu else CPU_BLOCK_SIZE
+
+    if vllm_config.speculative_config is not None:
+        raise ValueError(
+            "speculative_config: speculative decoding is not supported by "
+            "vllm-ascend-rerank (a reranker only prefills)"
+        )
+
+    comp = vllm_config.compilation_config
+    if comp.mode != CompilationMode.NONE:
+        # torch.compile has no NPU backend in stock vLLM and costs minutes on a
+        # CPU for no gain at these sizes: run eager, capture ACL graphs instead.
+        logger.info(
+            "vllm-ascend-rerank: compilation_config.mode %s -> NONE (eager%s)",
+            comp.mode,
+            "; ACL graphs capture the forward" if npu else "",
+        )
+        comp.mode = CompilationMode.NONE
+    if not npu:
+        comp.cudagraph_mode = CUDAGraphMode.NONE
+        comp.cudagraph_capture_sizes = []
+        vllm_config.scheduler_config.async_scheduling = False
+        _size_cpu_kv_cache(vllm_config)
+    os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
+
+
+def _reranker_head(vllm_config: VllmConfig) -> None:
+    """Our reranker has one output (the relevance logit); vLLM only derives
+    ``num_labels = 1`` for architectures it converts itself, so say it here."""
+    from vllm_ascend_rerank.registration import MODEL_ARCH
+
+    hf_config = vllm_config.model_config.hf_config
+    if MODEL_ARCH not in (getattr(hf_config, "architectures", None) or []):
+        return
+    tokens = getattr(hf_config, "classifier_from_token", None)
+    if tokens is not None and len(tokens) != 2:
+        raise ValueError(
+            "hf_overrides.classifier_from_token must be two tokens [false, true], "
+            f'e.g. ["no", "yes"]; got {tokens!r}'
+        )
+    if tokens is None and getattr(hf_config, "num_labels", 1) != 1:
+        raise ValueError(
+            f"{MODEL_ARCH}: a converted checkpoint must have num_labels 1, got "
+            f"{hf_config.num_labels}; for an original checkpoint pass "
+            'hf_overrides {"classifier_from_token": ["no", "yes"], '
+            '"is_original_qwen3_reranker": true}'
+        )
+    hf_config.num_labels = 1
+    hf_config.get_text_config().num_labels = 1
+
+
+def _off(param: str, why: str) -> None:
+    logger.warning("vllm-ascend-rerank: %s is not supported (%s); turned off.", param, why)
+
+
+def kv_bytes_per_token(vllm_config: VllmConfig) -> int:
+    model = vllm_config.model_config
+    parallel = vllm_config.parallel_config
+    cache_dtype = vllm_config.cache_config.cache_dtype
+    dtype = model.dtype if cache_dtype == "auto" else getattr(torch, cache_dtype)
+    elem = torch.empty((), dtype=dtype).element_size()
+    layers = model.get_num_layers(parallel)
+    return 2 * layers * model.get_num_kv_heads(parallel) * model.get_head_size() * elem
+
+
+def _size_cpu_kv_cache(vllm_config: VllmConfig) -> None:
+    """Size the CPU KV cache from the workload instead of 90% of RAM.
+
+    A reranker's KV lives only while its prompt prefills, plus whatever prefix
+    blocks stay cached: room for one longest prompt and two full batches is
+    plenty, and it starts in milliseconds instead of zero-filling gigabytes.
+    """
+    cache = vllm_config.cache_config
+    if cache.kv_cache_memory_bytes is not None or vllm_config.model_config is None:
+        return
+    override_mb = envs.VLLM_ASCEND_RERANK_CPU_KV_CACHE_MB
+    if override_mb is not None:
+        cache.kv_cache_memory_bytes = override_mb * _MiB
+        return
+    sched = vllm_config.scheduler_config
+    tokens = vllm_config.model_config.max_model_len + 2 * sched.max_num_batched_tokens
+    wanted = tokens * kv_bytes_per_token(vllm_config)
+    cap = int(psutil.virtual_memory().available * _CPU_KV_MAX_RAM_FRACTION)
+    cache.kv_cache_memory_bytes = max(min(wanted, cap), 16 * _MiB)
+    logger.info(
+        "vllm-ascend-rerank: CPU KV cache %.1f MiB (%d tokens; set "
+        "--kv-cache-memory-bytes to change)",
+        cache.kv_cache_memory_bytes / _MiB,
+        tokens,
+    )

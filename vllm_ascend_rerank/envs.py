@@ -1,0 +1,51 @@
+"""Every environment variable the plugin reads, in one place.
+
+Each entry is read lazily (``envs.NAME``) so a value set after import is honoured,
+which matters for engine subprocesses spawned with a modified environment.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+_ENV: dict[str, Callable[[], Any]] = {
+    # Which device the platform drives: "auto" (NPU when torch_npu finds one, else
+    # the CPU reference mode), "npu" (fail loudly without one) or "cpu".
+    "VLLM_ASCEND_RERANK_DEVICE": lambda: os.getenv("VLLM_ASCEND_RERANK_DEVICE", "auto").lower(),
+    # Which attention implementation runs the paged attention: "auto" (NPU kernels
+    # on an NPU, the compiled C++ ops when built, else pure torch), "torch"
+    # (pure-torch reference), "native" (compiled C++ ops, error if not built) or
+    # "npu" (torch_npu fused ops; on a CPU only with the test emulation).
+    "VLLM_ASCEND_RERANK_ATTN_IMPL": lambda: os.getenv("VLLM_ASCEND_RERANK_ATTN_IMPL", "auto").lower(),
+    # Which custom-op kernels (RMSNorm, SiluAndMul, MRoPE) run: "auto" (torch_npu on an
+    # NPU, else the native torch paths), "npu" or "native".
+    "VLLM_ASCEND_RERANK_OPS": lambda: os.getenv("VLLM_ASCEND_RERANK_OPS", "auto").lower(),
+    # CPU reference mode: KV-cache budget in MiB. Unset = sized from the workload
+    # (max model length and batch budget) rather than from 90% of RAM.
+    "VLLM_ASCEND_RERANK_CPU_KV_CACHE_MB": lambda: _int_or_none("VLLM_ASCEND_RERANK_CPU_KV_CACHE_MB"),
+    # Token counts for which ACL graphs are captured, comma separated ("" = derived
+    # from the scheduler's token budget).
+    "VLLM_ASCEND_RERANK_GRAPH_SIZES": lambda: os.getenv("VLLM_ASCEND_RERANK_GRAPH_SIZES", ""),
+}
+
+
+def _int_or_none(name: str) -> int | None:
+    value = os.getenv(name, "").strip()
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be an integer, got {value!r}") from exc
+
+
+def __getattr__(name: str) -> Any:
+    if name in _ENV:
+        return _ENV[name]()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return list(_ENV)

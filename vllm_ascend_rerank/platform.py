@@ -1,0 +1,164 @@
+"""The platform vLLM drives: wiring only (device facts, config checks, class paths).
+
+One class serves both modes. Its device facts come from ``device.facts()`` when
+this module is imported: the NPU's on an Ascend host, the CPU reference mode's
+elsewhere (or when ``VLLM_ASCEND_RERANK_DEVICE=cpu``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from vllm.logger import init_logger
+from vllm.platforms.interface import Platform, PlatformEnum
+
+from vllm_ascend_rerank import device, envs
+
+if TYPE_CHECKING:
+    from vllm.config import VllmConfig
+    from vllm.v1.attention.backends.registry import AttentionBackendEnum
+    from vllm.v1.attention.selector import AttentionSelectorConfig
+
+logger = init_logger(__name__)
+
+_FACTS = device.facts()
+# Must match RerankAttentionBackend.get_name() (not imported: this module is loaded
+# while vllm.config is still initialising).
+BACKEND_NAME = "CUSTOM"
+_GRAPH_WRAPPER_CLS = "vllm_ascend_rerank.graphs.acl_graph.ACLGraphWrapper"
+
+
+class AscendRerankPlatform(Platform):
+    _enum = PlatformEnum.OOT
+    device_name: str = _FACTS.device_name
+    device_type: str = _FACTS.device_type
+    dispatch_key: str = _FACTS.dispatch_key
+    dist_backend: str = _FACTS.dist_backend
+    device_control_env_var: str = _FACTS.device_control_env_var
+    ray_device_key: str = _FACTS.ray_device_key
+    simple_compile_backend: str = "eager"
+    supported_quantization: list[str] = []
+
+    @property
+    def supported_dtypes(self) -> list[torch.dtype]:
+        return [torch.bfloat16, torch.float16, torch.float32]
+
+    @classmethod
+    def is_npu(cls) -> bool:
+        return device.is_npu()
+
+    # ---- device facts -------------------------------------------------------
+    @classmethod
+    def get_device_name(cls, device_id: int = 0) -> str:
+        return device.device_name(device_id)
+
+    @classmethod
+    def get_device_total_memory(cls, device_id: int = 0) -> int:
+        return device.total_memory(device_id)
+
+    @classmethod
+    def set_device(cls, dev: torch.device) -> None:
+        device.set_device(dev)
+
+    @classmethod
+    def manual_seed_all(cls, seed: int) -> None:
+        device.manual_seed_all(seed)
+
+    @classmethod
+    def get_current_memory_usage(cls, dev: torch.types.Device | None = None) -> float:
+        return device.current_memory_usage(dev)
+
+    @classmethod
+    def is_pin_memory_available(cls) -> bool:
+        # Pinned host memory only helps host->NPU copies.
+        return device.is_npu()
+
+    @classmethod
+    def inference_mode(cls) -> torch.inference_mode:
+        return torch.inference_mode()
+
+    @classmethod
+    def check_if_supports_dtype(cls, dtype: torch.dtype) -> None:
+        if dtype not in (torch.bfloat16, torch.float16, torch.float32):
+            raise ValueError(f"dtype {dtype} is not supported by vllm-ascend-rerank")
+
+    @classmethod
+    def num_compute_units(cls, device_id: int = 0) -> int:
+        return torch.get_num_threads()
+
+    @classmethod
+    def import_kernels(cls) -> None:
+        # No vllm._C here: our kernels are registered by the general plugin.
+        return
+
+    @classmethod
+    def get_device_communicator_cls(cls) -> str:
+        if device.is_npu():
+            return "vllm_ascend_rerank.distributed.NpuCommunicator"
+        return "vllm.distributed.device_communicators.cpu_communicator.CpuCommunicator"
+
+    @classmethod
+    def check_runner_kv_caches_multi_layer(cls) -> None:
+        return
+
+    @classmethod
+    def opaque_attention_op(cls) -> bool:
+        return True
+
+    @classmethod
+    def use_all_gather(cls) -> bool:
+        return True
+
+    # ---- kernels and backends ----------------------------------------------
+    @classmethod
+    def register_triton_kernel_overrides(cls) -> None:
+        from vllm.triton_utils import HAS_TRITON
+
+        if HAS_TRITON:
+            return
+        from vllm.triton_utils.dispatcher import register_kernels
+
+        from vllm_ascend_rerank.attention.slot_mapping import KERNEL_NAME, compute_slot_mapping
+
+        register_kernels({KERNEL_NAME: compute_slot_mapping})
+
+    @classmethod
+    def get_attn_backend_cls(
+        cls,
+        selected_backend: AttentionBackendEnum | None,
+        attn_selector_config: AttentionSelectorConfig,
+        num_heads: int | None = None,
+    ) -> str:
+        if attn_selector_config.use_mla or attn_selector_config.use_sparse:
+            raise NotImplementedError("vllm-ascend-rerank supports standard (non-MLA) attention only")
+        if selected_backend is not None and selected_backend.name != BACKEND_NAME:
+            logger.warning(
+                "Attention backend %s is not available on %s; using the plugin's own.",
+                selected_backend.name,
+                cls.device_name,
+            )
+        return "vllm_ascend_rerank.attention.backend.RerankAttentionBackend"
+
+    @classmethod
+    def support_static_graph_mode(cls) -> bool:
+        return device.is_npu()
+
+    @classmethod
+    def get_static_graph_wrapper_cls(cls) -> str:
+        return _GRAPH_WRAPPER_CLS
+
+    # ---- configuration -----------------------------------------------------
+    @classmethod
+    def check_and_update_config(cls, vllm_config: VllmConfig) -> None:
+        from vllm_ascend_rerank.config import update_config
+
+        update_config(vllm_config, npu=device.is_npu())
+        logger.info_once(
+            "vllm-ascend-rerank: running on %s",
+            "Ascend NPU"
+            if device.is_npu()
+            else "CPU (reference mode: pure-torch kernels, no NPU found or "
+            f"VLLM_ASCEND_RERANK_DEVICE={envs.VLLM_ASCEND_RERANK_DEVICE})",
+        )
+
