@@ -34,6 +34,9 @@ the image step it delegates to `qwen_vl_utils.process_vision_info` (QwenLM/Qwen3
   non-special ids are kept, so the tail (the document's end first) goes; then the 5 ids are put
   back. The result can therefore hold max_length + 5 ids. Media placeholders are special, so
   images are never cut.
+- An empty query dict or no documents scores nothing: [] (L388-389).
+- Not reproduced: if reading media fails, the official code logs the error and scores a
+  user-only "NULL" prompt with no system turn instead (L177-186).
 - Videos: NOT reproduced here (raise NotImplementedError). Official: file videos at 1 fps, <= 64
   frames; frame lists down-sampled to 64 by linspace; total_pixels 10 * 768 * 32 * 32; and the
   official run used transformers 4.57.3, whose video placeholder layout differs from 5.x's.
@@ -52,7 +55,7 @@ import os
 from typing import Any
 
 SYSTEM_PROMPT = (
-    'Judge whether the Document meets the requirements based on the Query and the Instruct '
+    "Judge whether the Document meets the requirements based on the Query and the Instruct "
     'provided. Note that the answer can only be "yes" or "no".'
 )
 DEFAULT_INSTRUCTION = "Given a search query, retrieve relevant candidates that answer the query."
@@ -87,12 +90,17 @@ def side_parts(prefix: str, side: dict) -> list[dict]:
     return parts
 
 
-def build_messages(query: dict, document: dict, instruction: str | None = None) -> list[dict]:
+def build_messages(
+    query: dict,
+    document: dict,
+    instruction: str | None = None,
+    default_instruction: str = DEFAULT_INSTRUCTION,
+) -> list[dict]:
     """The official chat messages for one (query, document) pair."""
     query = dict(query)
     if isinstance(query.get("text"), tuple):  # official: (instruction, text) tuple
         instruction, query["text"] = query["text"]
-    user = [{"type": "text", "text": "<Instruct>: " + (instruction or DEFAULT_INSTRUCTION)}]
+    user = [{"type": "text", "text": "<Instruct>: " + (instruction or default_instruction)}]
     user += side_parts("<Query>:", query)
     user += side_parts("\n<Document>:", document)
     return [
@@ -106,18 +114,23 @@ def render(messages: list[dict]) -> str:
     out = []
     for message in messages:
         body = "".join(
-            IMAGE_PLACEHOLDER if part["type"] == "image" else part["text"] for part in message["content"]
+            IMAGE_PLACEHOLDER if part["type"] == "image" else part["text"]
+            for part in message["content"]
         )
         out.append(f"<|im_start|>{message['role']}\n{body}<|im_end|>\n")
     return "".join(out) + "<|im_start|>assistant\n"
 
 
-def format_text_prompt(query_text: str | None, doc_text: str | None, instruction: str | None = None) -> str:
+def format_text_prompt(
+    query_text: str | None, doc_text: str | None, instruction: str | None = None
+) -> str:
     """The exact official prompt string for a text-only pair (None -> "NULL")."""
     return render(build_messages({"text": query_text}, {"text": doc_text}, instruction))
 
 
-def smart_resize(height: int, width: int, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
+def smart_resize(
+    height: int, width: int, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS
+) -> tuple[int, int]:
     """qwen-vl-utils' smart_resize with factor 32: (height, width), multiples of 32."""
     f = IMAGE_FACTOR
     if max(height, width) / min(height, width) > MAX_RATIO:
@@ -203,13 +216,13 @@ class OfficialReranker:
         self.video_token_id = lm.config.video_token_id
 
     def prompt(self, query: dict, document: dict, instruction: str | None = None) -> str:
-        return render(build_messages(query, document, instruction or self.instruction))
+        return render(build_messages(query, document, instruction, self.instruction))
 
     def encode(self, query: dict, document: dict, instruction: str | None = None) -> dict:
         """Model inputs for one pair (ids truncated the official way)."""
         import torch
 
-        messages = build_messages(query, document, instruction or self.instruction)
+        messages = build_messages(query, document, instruction, self.instruction)
         text = render(messages)
         images = [
             load_image(part["image"], self.min_pixels, self.max_pixels)
@@ -227,7 +240,9 @@ class OfficialReranker:
         )
         ids = truncate(inputs["input_ids"][0].tolist(), self.max_length, self.special_ids)
         input_ids = torch.tensor([ids])
-        mm_types = (input_ids == self.image_token_id).int() + 2 * (input_ids == self.video_token_id).int()
+        mm_types = (input_ids == self.image_token_id).int() + 2 * (
+            input_ids == self.video_token_id
+        ).int()
         out = {
             "input_ids": input_ids,
             "attention_mask": torch.ones_like(input_ids),
@@ -238,7 +253,10 @@ class OfficialReranker:
             out["image_grid_thw"] = inputs["image_grid_thw"]
         return out
 
-    def score(self, query: dict, documents: list[dict], instruction: str | None = None) -> list[float]:
+    def score(
+        self, query: dict, documents: list[dict], instruction: str | None = None
+    ) -> list[float]:
+        """One score per document, each from its own forward pass (as the official loop)."""
         import torch
 
         if not query or not documents:  # official process(): nothing to score

@@ -71,6 +71,9 @@ def update_config(vllm_config: VllmConfig, npu: bool) -> None:
         comp.cudagraph_capture_sizes = []
         vllm_config.scheduler_config.async_scheduling = False
         _size_cpu_kv_cache(vllm_config)
+        # Forking after torch has started its OpenMP pool (e.g. a script that ran
+        # a model first) deadlocks the engine process; spawn is always safe.
+        os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
     os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
 
 

@@ -68,7 +68,7 @@ def npu_available() -> bool:
 
 @functools.cache
 def mode() -> str:
-    """"npu" or "cpu", as chosen by VLLM_ASCEND_RERANK_DEVICE (default: auto-detect)."""
+    """ "npu" or "cpu", as chosen by VLLM_ASCEND_RERANK_DEVICE (default: auto-detect)."""
     wanted = envs.VLLM_ASCEND_RERANK_DEVICE
     if wanted not in ("auto", "npu", "cpu"):
         raise ValueError(

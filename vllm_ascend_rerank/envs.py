@@ -18,13 +18,17 @@ _ENV: dict[str, Callable[[], Any]] = {
     # on an NPU, the compiled C++ ops when built, else pure torch), "torch"
     # (pure-torch reference), "native" (compiled C++ ops, error if not built) or
     # "npu" (torch_npu fused ops; on a CPU only with the test emulation).
-    "VLLM_ASCEND_RERANK_ATTN_IMPL": lambda: os.getenv("VLLM_ASCEND_RERANK_ATTN_IMPL", "auto").lower(),
+    "VLLM_ASCEND_RERANK_ATTN_IMPL": lambda: os.getenv(
+        "VLLM_ASCEND_RERANK_ATTN_IMPL", "auto"
+    ).lower(),
     # Which custom-op kernels (RMSNorm, SiluAndMul, MRoPE) run: "auto" (torch_npu on an
     # NPU, else the native torch paths), "npu" or "native".
     "VLLM_ASCEND_RERANK_OPS": lambda: os.getenv("VLLM_ASCEND_RERANK_OPS", "auto").lower(),
     # CPU reference mode: KV-cache budget in MiB. Unset = sized from the workload
     # (max model length and batch budget) rather than from 90% of RAM.
-    "VLLM_ASCEND_RERANK_CPU_KV_CACHE_MB": lambda: _int_or_none("VLLM_ASCEND_RERANK_CPU_KV_CACHE_MB"),
+    "VLLM_ASCEND_RERANK_CPU_KV_CACHE_MB": lambda: _int_or_none(
+        "VLLM_ASCEND_RERANK_CPU_KV_CACHE_MB"
+    ),
     # Token counts for which ACL graphs are captured, comma separated ("" = derived
     # from the scheduler's token budget).
     "VLLM_ASCEND_RERANK_GRAPH_SIZES": lambda: os.getenv("VLLM_ASCEND_RERANK_GRAPH_SIZES", ""),

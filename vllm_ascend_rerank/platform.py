@@ -131,7 +131,9 @@ class AscendRerankPlatform(Platform):
         num_heads: int | None = None,
     ) -> str:
         if attn_selector_config.use_mla or attn_selector_config.use_sparse:
-            raise NotImplementedError("vllm-ascend-rerank supports standard (non-MLA) attention only")
+            raise NotImplementedError(
+                "vllm-ascend-rerank supports standard (non-MLA) attention only"
+            )
         if selected_backend is not None and selected_backend.name != BACKEND_NAME:
             logger.warning(
                 "Attention backend %s is not available on %s; using the plugin's own.",
@@ -161,4 +163,3 @@ class AscendRerankPlatform(Platform):
             else "CPU (reference mode: pure-torch kernels, no NPU found or "
             f"VLLM_ASCEND_RERANK_DEVICE={envs.VLLM_ASCEND_RERANK_DEVICE})",
         )
-

@@ -115,8 +115,7 @@ def select_kernels() -> AttentionKernels:
     wanted = envs.VLLM_ASCEND_RERANK_ATTN_IMPL
     if wanted not in ("auto", "torch", "native", "npu"):
         raise ValueError(
-            "VLLM_ASCEND_RERANK_ATTN_IMPL must be one of auto, torch, native, npu; "
-            f"got {wanted!r}"
+            f"VLLM_ASCEND_RERANK_ATTN_IMPL must be one of auto, torch, native, npu; got {wanted!r}"
         )
     kernels: AttentionKernels
     if wanted == "npu" or (wanted == "auto" and device.is_npu()):

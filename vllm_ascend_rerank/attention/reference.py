@@ -9,7 +9,7 @@ marks a padding token that must not be written.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as F  # noqa: N812 - the usual alias
 
 
 def token_major(kv_cache: torch.Tensor) -> torch.Tensor:

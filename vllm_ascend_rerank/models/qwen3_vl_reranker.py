@@ -20,8 +20,10 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
+from vllm.inputs import TokensPrompt
 from vllm.logger import init_logger
 from vllm.model_executor.models.adapters import as_seq_cls_model
+from vllm.model_executor.models.interfaces import SupportsScoreTemplate
 from vllm.model_executor.models.qwen3_vl import Qwen3VLForConditionalGeneration
 
 logger = init_logger(__name__)
@@ -62,7 +64,23 @@ def check_head(weight: torch.Tensor, where: str) -> None:
         )
 
 
-class Qwen3VLForSequenceClassification(as_seq_cls_model(Qwen3VLForConditionalGeneration)):
+class Qwen3VLForSequenceClassification(
+    as_seq_cls_model(Qwen3VLForConditionalGeneration), SupportsScoreTemplate
+):
+    # Without --chat-template vLLM asks the model for the pair's prompt: give the
+    # official one (same template file), so scores never depend on remembering the flag.
+    supports_score_template = True
+
+    @classmethod
+    def get_score_template(cls, query: str, document: str) -> str | None:
+        from vllm_ascend_rerank.prompt import render
+
+        return render(query, document)
+
+    @classmethod
+    def post_process_tokens(cls, prompt: TokensPrompt) -> None:
+        return None
+
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         tokens = classifier_tokens(self.config)
         if tokens is None:
@@ -90,7 +108,9 @@ class Qwen3VLForSequenceClassification(as_seq_cls_model(Qwen3VLForConditionalGen
         ids = [resolve_token_id(tokenizer, t) for t in tokens]
         rows: dict[str, torch.Tensor] = {}
 
-        def keep_rows(stream: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
+        def keep_rows(
+            stream: Iterable[tuple[str, torch.Tensor]],
+        ) -> Iterator[tuple[str, torch.Tensor]]:
             for name, w in stream:
                 if name == _LM_HEAD:
                     rows[name] = w[ids].to(torch.float32).clone()
@@ -116,7 +136,11 @@ class Qwen3VLForSequenceClassification(as_seq_cls_model(Qwen3VLForConditionalGen
         check_head(head, f"is_original_qwen3_reranker ({source} rows {tokens})")
         self.score.weight.data.copy_(head.to(self.score.weight.dtype))
         logger.info(
-            "Qwen3-VL reranker head = %s[%r] - %s[%r] (%s)", source, tokens[1], source, tokens[0],
+            "Qwen3-VL reranker head = %s[%r] - %s[%r] (%s)",
+            source,
+            tokens[1],
+            source,
+            tokens[0],
             self.score.weight.dtype,
         )
         loaded.add("score.weight")

@@ -1,0 +1,170 @@
+"""Shared fixtures: tiny checkpoints, reference scores, engines and a server, built once.
+
+Engines and servers are module- or session-scoped: each start costs seconds.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+# Engine subprocesses inherit this; pure-torch attention unless a test asks otherwise.
+os.environ.setdefault("VLLM_ASCEND_RERANK_ATTN_IMPL", "torch")
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+
+REPO = Path(__file__).resolve().parents[1]
+TEMPLATE = REPO / "qwen3_vl_reranker.jinja"
+HF_OVERRIDES = {
+    "architectures": ["Qwen3VLForSequenceClassification"],
+    "classifier_from_token": ["no", "yes"],
+    "is_original_qwen3_reranker": True,
+}
+ATOL = 1e-4  # fp32 agreement with the official rule
+
+_WORDS = (
+    "cat dog animal market stock price river bank money tree forest green "
+    "house city music piano play game team score yes no maybe light dark "
+    "water fire stone paper code model rank query answer search find"
+).split()
+
+
+def make_pairs(n: int = 24, seed: int = 0) -> tuple[str, list[str]]:
+    """One query and ``n`` documents of varied lengths (a few to ~300 tokens)."""
+    rng = random.Random(seed)
+    query = " ".join(rng.choice(_WORDS) for _ in range(6))
+    lengths = [1, 2, 5, 10, 20, 40, 80, 150, 250] + [rng.randint(1, 120) for _ in range(n)]
+    docs = [" ".join(rng.choice(_WORDS) for _ in range(k)) for k in lengths[:n]]
+    return query, docs
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from vllm_ascend_rerank.models.convert import convert
+    from vllm_ascend_rerank.tiny_checkpoint import make_tiny_checkpoint
+
+    base = tmp_path_factory.mktemp("checkpoints")
+    tied = make_tiny_checkpoint(base / "tied", tied=True, seed=0)
+    untied = make_tiny_checkpoint(base / "untied", tied=False, seed=1)
+    converted = convert(tied, base / "converted")
+    return {"tied": tied, "untied": untied, "converted": converted}
+
+
+@pytest.fixture(scope="session")
+def reference_factory():
+    """OfficialReranker per checkpoint, loaded once."""
+    from reference import OfficialReranker
+
+    cache: dict[Path, OfficialReranker] = {}
+
+    def get(path: Path) -> OfficialReranker:
+        if path not in cache:
+            cache[path] = OfficialReranker(path)
+        return cache[path]
+
+    return get
+
+
+def make_llm(model: Path, **kwargs):
+    from vllm import LLM
+
+    opts = dict(
+        runner="pooling",
+        dtype="float32",
+        max_model_len=1024,
+        hf_overrides=HF_OVERRIDES,
+        seed=0,
+    )
+    opts.update(kwargs)
+    return LLM(model=str(model), **opts)
+
+
+def close_llm(llm) -> None:
+    llm.llm_engine.engine_core.shutdown()
+    del llm
+    gc.collect()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, model: Path, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [
+            str(Path(sys.executable).parent / "vllm"),
+            "serve",
+            str(model),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            *args,
+        ]
+        self.log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"vllm-serve-{self.port}.log", "w")
+        self.proc = subprocess.Popen(
+            cmd, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
+        self._wait_ready(timeout=240)
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"vllm serve exited early; see {self.log.name}")
+            try:
+                if requests.get(self.url + "/health", timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise TimeoutError(f"vllm serve not healthy after {timeout}s; see {self.log.name}")
+
+    def post(self, path: str, body: dict, timeout: float = 120) -> requests.Response:
+        return requests.post(self.url + path, json=body, timeout=timeout)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+def serve_args(extra: list[str] | None = None) -> list[str]:
+    return [
+        "--runner",
+        "pooling",
+        "--dtype",
+        "float32",
+        "--max-model-len",
+        "512",
+        "--hf_overrides",
+        json.dumps(HF_OVERRIDES),
+        "--chat-template",
+        str(TEMPLATE),
+        *(extra or []),
+    ]
+
+
+@pytest.fixture(scope="module")
+def server(checkpoints: dict[str, Path]) -> Iterator[Server]:
+    srv = Server(checkpoints["tied"], serve_args())
+    yield srv
+    srv.stop()

@@ -1,0 +1,399 @@
+"""Build a tiny, random-weight Qwen3-VL reranker checkpoint on the local disk.
+
+No weights can be downloaded on the machines that build and test this project, so the
+project's default model and its test fixtures are made here: a `Qwen3VLForConditionalGeneration`
+checkpoint with the real architecture (text decoder with interleaved M-RoPE, a real vision
+tower with deepstack levels), shrunk to a few hundred thousand parameters, plus a locally
+trained byte-level BPE tokenizer with Qwen's special tokens and an image/video processor.
+
+The weights are random but seeded (same seed -> byte-identical safetensors). The "yes" and
+"no" rows of the output head are then rewritten so that the reranker score
+`sigmoid(logit_yes - logit_no)` at the last position spreads over (0, 1) across inputs instead
+of sitting at 0.5 (see `_spread_yes_no_rows`).
+
+    python -m vllm_ascend_rerank.tiny_checkpoint OUT_DIR [--untied] [--seed N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import random
+
+# Qwen2/Qwen3 added tokens, in the order (and so with the relative ids) of the real
+# tokenizer, whose ids start at 151643. The first 14 are "special" (kept by the official
+# reranker's truncation); the rest are ordinary added tokens, as in Qwen3-VL.
+SPECIAL_TOKENS: tuple[str, ...] = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+NON_SPECIAL_ADDED_TOKENS: tuple[str, ...] = (
+    "<tool_call>",
+    "</tool_call>",
+    "<|fim_prefix|>",
+    "<|fim_middle|>",
+    "<|fim_suffix|>",
+    "<|fim_pad|>",
+    "<|repo_name|>",
+    "<|file_sep|>",
+    "<tool_response>",
+    "</tool_response>",
+    "<think>",
+    "</think>",
+)
+
+BPE_VOCAB_SIZE = (
+    1000  # upper bound: the small corpus gives ~700 (256 bytes + merges), then added tokens
+)
+
+# Same rendering as the Qwen3-VL Instruct template for system/user/assistant turns: a text part
+# is emitted as is, an image as <|vision_start|><|image_pad|><|vision_end|>, a video likewise
+# with <|video_pad|>; nothing is put between parts. Tools and reasoning are left out.
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
+    "{%- if message['content'] is string -%}"
+    "{{- message['content'] -}}"
+    "{%- else -%}"
+    "{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'image' or 'image' in part or 'image_url' in part -%}"
+    "{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
+    "{%- elif part['type'] == 'video' or 'video' in part -%}"
+    "{{- '<|vision_start|><|video_pad|><|vision_end|>' -}}"
+    "{%- elif 'text' in part -%}"
+    "{{- part['text'] -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- endif -%}"
+    "{{- '<|im_end|>\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}"
+    "{{- '<|im_start|>assistant\\n' -}}"
+    "{%- endif -%}"
+)
+
+# Image/video processor settings of the real Qwen3-VL checkpoints (patch 16, merge 2,
+# temporal patch 2, mean/std 0.5); pixel bounds are those of Qwen3-VL-2B-Instruct.
+_VISION_PROCESSOR_COMMON = {
+    "patch_size": 16,
+    "temporal_patch_size": 2,
+    "merge_size": 2,
+    "image_mean": [0.5, 0.5, 0.5],
+    "image_std": [0.5, 0.5, 0.5],
+    "processor_class": "Qwen3VLProcessor",
+}
+PREPROCESSOR_CONFIG = {
+    **_VISION_PROCESSOR_COMMON,
+    "size": {"longest_edge": 16777216, "shortest_edge": 65536},
+    "image_processor_type": "Qwen2VLImageProcessorFast",
+}
+VIDEO_PREPROCESSOR_CONFIG = {
+    **_VISION_PROCESSOR_COMMON,
+    "size": {"longest_edge": 25165824, "shortest_edge": 4096},
+    "video_processor_type": "Qwen3VLVideoProcessor",
+}
+
+# Words for the tokenizer corpus. "yes", "no" and the chat roles are frequent so that BPE learns
+# each as one token, as in Qwen's vocabulary (the official truncation keeps the last 5 tokens,
+# "<|im_end|>", "\n", "<|im_start|>", "assistant", "\n").
+_WORDS = (
+    "the a an of to in on for with and or but is are was were be been it this that these those "
+    "what which who where when why how query document search find retrieve relevant candidates "
+    "answer answers question given judge whether meets requirements based provided note can only "
+    "instruct image video picture photo frame cat dog bird car city river mountain music film book "
+    "paper science history art sport food water fire earth light sound color red green blue black "
+    "white big small new old good bad first last many few people time year day world life hand "
+    "part place case week company system program number group problem fact"
+).split()
+
+
+def _corpus(rng: random.Random, lines: int = 4000) -> list[str]:
+    """Deterministic English-like lines, with the prompt's own markers and yes/no answers."""
+    out = [
+        "Judge whether the Document meets the requirements based on the Query and the Instruct "
+        'provided. Note that the answer can only be "yes" or "no".',
+        "<Instruct>: Given a search query, retrieve relevant candidates that answer the query.",
+        "<Query>: <Document>: NULL",
+    ]
+    for _ in range(lines):
+        words = [rng.choice(_WORDS) for _ in range(rng.randint(3, 12))]
+        sentence = " ".join(words).capitalize() + rng.choice([".", "?", "!", ",", ":"])
+        if rng.random() < 0.3:
+            sentence += f" {rng.randint(0, 2025)}"
+        out.append(sentence)
+        out.append(rng.choice(["yes", "no", "Yes", "No"]))
+        out.append(rng.choice(["system", "user", "assistant"]))
+    return out
+
+
+def build_tokenizer(seed: int = 0):
+    """Train a byte-level BPE with Qwen2's pre-tokenizer; added tokens get the next ids."""
+    from tokenizers import (
+        AddedToken,
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=BPE_VOCAB_SIZE,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_corpus(random.Random(seed)), trainer)
+    for word in ("yes", "no", "system", "user", "assistant"):
+        if tok.token_to_id(word) is None:  # the score reads these vocabulary entries
+            raise RuntimeError(f"BPE did not learn {word!r} as one token")
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
+    tok.add_tokens(
+        [AddedToken(t, special=False, normalized=False) for t in NON_SPECIAL_ADDED_TOKENS]
+    )
+    return tok
+
+
+# tokenizer_config.json as in the real Qwen3-VL checkpoints (transformers 4.x keys; 5.x maps
+# additional_special_tokens to extra_special_tokens). all_special_ids is then the 14 SPECIAL_TOKENS.
+TOKENIZER_CONFIG = {
+    "tokenizer_class": "Qwen2Tokenizer",
+    "bos_token": None,
+    "eos_token": "<|im_end|>",
+    "pad_token": "<|endoftext|>",
+    "unk_token": None,
+    "additional_special_tokens": list(SPECIAL_TOKENS[1:]),
+    "add_bos_token": False,
+    "add_prefix_space": False,
+    "clean_up_tokenization_spaces": False,
+    "errors": "replace",
+    "model_max_length": 262144,
+    "split_special_tokens": False,
+}
+
+
+def tiny_config(
+    vocab_size: int, token_ids: dict[str, int], *, tied: bool, hidden_size: int, num_layers: int
+):
+    """A Qwen3VLConfig shaped like Qwen3-VL-2B/8B's, shrunk."""
+    from transformers import Qwen3VLConfig
+
+    head_dim = 16
+    text_config = {
+        "model_type": "qwen3_vl_text",
+        "vocab_size": vocab_size,
+        "hidden_size": hidden_size,
+        "intermediate_size": 2 * hidden_size,
+        "num_hidden_layers": num_layers,
+        "num_attention_heads": hidden_size // head_dim,
+        "num_key_value_heads": max(1, hidden_size // head_dim // 2),
+        "head_dim": head_dim,
+        "hidden_act": "silu",
+        "max_position_embeddings": 32768,
+        "rms_norm_eps": 1e-6,
+        "initializer_range": 0.02,
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "bos_token_id": token_ids["<|endoftext|>"],
+        "eos_token_id": token_ids["<|im_end|>"],
+        "tie_word_embeddings": tied,
+        # Real: mrope_section [24, 20, 20] over head_dim/2 = 64 rotary pairs, interleaved.
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 5000000.0,
+            "mrope_section": [4, 2, 2],
+            "mrope_interleaved": True,
+        },
+        "dtype": "float32",
+    }
+    vision_config = {
+        "model_type": "qwen3_vl_vision",
+        "depth": 2,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_heads": 2,
+        "hidden_act": "gelu_pytorch_tanh",
+        "in_channels": 3,
+        "patch_size": 16,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "out_hidden_size": hidden_size,
+        "num_position_embeddings": 64,  # an 8x8 grid; real: 2304 = 48x48
+        "deepstack_visual_indexes": [0, 1],
+        "initializer_range": 0.02,
+    }
+    return Qwen3VLConfig(
+        text_config=text_config,
+        vision_config=vision_config,
+        image_token_id=token_ids["<|image_pad|>"],
+        video_token_id=token_ids["<|video_pad|>"],
+        vision_start_token_id=token_ids["<|vision_start|>"],
+        vision_end_token_id=token_ids["<|vision_end|>"],
+        tie_word_embeddings=tied,
+        architectures=["Qwen3VLForConditionalGeneration"],
+        dtype="float32",
+    )
+
+
+def make_tiny_checkpoint(
+    out_dir: str | os.PathLike,
+    *,
+    tied: bool = True,
+    seed: int = 0,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    vocab_extra: int = 64,
+) -> pathlib.Path:
+    """Write a tiny Qwen3-VL reranker checkpoint to `out_dir` and return its path.
+
+    tied: share lm_head with embed_tokens (Qwen3-VL-Reranker-2B) or not (-8B).
+    hidden_size: a multiple of 32 (heads of 16 dims, half as many KV heads).
+    vocab_extra: unused embedding rows past the last tokenizer id (the real table has
+    151,936 rows for 151,669 tokens).
+    """
+    import torch
+    from transformers import Qwen3VLForConditionalGeneration
+
+    if hidden_size % 32 or num_layers < 1:
+        raise ValueError("hidden_size must be a multiple of 32 and num_layers >= 1")
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    tok = build_tokenizer()  # the tokenizer does not depend on the weight seed
+    token_ids = {t: tok.token_to_id(t) for t in SPECIAL_TOKENS}
+    vocab_size = tok.get_vocab_size(with_added_tokens=True) + vocab_extra
+    config = tiny_config(
+        vocab_size, token_ids, tied=tied, hidden_size=hidden_size, num_layers=num_layers
+    )
+
+    torch.manual_seed(seed)
+    model = Qwen3VLForConditionalGeneration(config).to(torch.float32).eval()
+    _spread_yes_no_rows(model, tok, seed)
+
+    model.save_pretrained(out)
+    tok.save(str(out / "tokenizer.json"))
+    (out / "chat_template.jinja").write_text(CHAT_TEMPLATE)
+    for name, cfg in (
+        ("tokenizer_config.json", TOKENIZER_CONFIG),
+        ("preprocessor_config.json", PREPROCESSOR_CONFIG),
+        ("video_preprocessor_config.json", VIDEO_PREPROCESSOR_CONFIG),
+    ):
+        (out / name).write_text(json.dumps(cfg, indent=2) + "\n")
+    return out
+
+
+# Reranker prompt shape used only to calibrate the yes/no rows (the real rule lives elsewhere).
+_CALIBRATION_PROMPT = (
+    "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and "
+    'the Instruct provided. Note that the answer can only be "yes" or "no".<|im_end|>\n'
+    "<|im_start|>user\n<Instruct>: Given a search query, retrieve relevant candidates that answer "
+    "the query.<Query>:{query}\n<Document>:{doc}<|im_end|>\n<|im_start|>assistant\n"
+)
+SCORE_LOGIT_STD = (
+    2.5  # std of logit_yes - logit_no over calibration pairs: scores ~0.08..0.92 at 1 std
+)
+
+
+def _spread_yes_no_rows(model, tok, seed: int, rounds: int = 3) -> None:
+    """Rewrite the "yes"/"no" head rows so that sigmoid(logit_yes - logit_no) spreads over (0, 1).
+
+    With random weights the last position's hidden state is nearly the same for every prompt
+    (all prompts end with the same tokens; the context adds ~15% on top), so a random yes-no
+    direction gives a near-constant score. So d = W[yes] - W[no] is set to a seeded random
+    direction made orthogonal to the mean last hidden state of reranker-shaped calibration
+    prompts (mean logit difference ~0) and scaled so that the logit difference has std
+    SCORE_LOGIT_STD over them. The direction is drawn independently of the weights: when tied,
+    the old W[yes] - W[no] is also the difference of two input embeddings that every reranker
+    prompt contains, and it gave skewed scores. The scale goes into the final RMSNorm's gain, not
+    into d (a uniform gain scales every logit alike), so the yes/no rows keep their natural size
+    and, when tied, do not swamp the embeddings. When tied the hidden states still move a little
+    with d: a few rounds settle it.
+    """
+    import torch
+
+    rng = random.Random(seed)
+
+    def text(max_words: int) -> str:  # English-like: known words, some new words and numbers
+        words = []
+        for _ in range(rng.randint(1, max_words)):
+            kind = rng.random()
+            if kind < 0.85:
+                words.append(rng.choice(_WORDS))
+            elif kind < 0.95:
+                letters = (
+                    rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 8))
+                )
+                words.append("".join(letters))
+            else:
+                words.append(str(rng.randint(0, 2025)))
+        return " ".join(words).capitalize() + rng.choice([".", "?", "!", ""])
+
+    prompts = [
+        torch.tensor([tok.encode(_CALIBRATION_PROMPT.format(query=text(10), doc=text(30))).ids])
+        for _ in range(64)
+    ]
+    yes_id, no_id = tok.token_to_id("yes"), tok.token_to_id("no")
+    weight = model.lm_head.weight  # the same tensor as embed_tokens.weight when tied
+    gain = model.model.language_model.norm.weight  # final RMSNorm, just before the head
+    with torch.no_grad():
+        center = (weight[yes_id] + weight[no_id]) / 2
+        size = (weight[yes_id] - weight[no_id]).norm()
+        direction = torch.randn(weight.shape[1], generator=torch.Generator().manual_seed(seed))
+        for _ in range(rounds):
+            hidden = torch.cat([model.model(input_ids=i).last_hidden_state[:, -1] for i in prompts])
+            mean = hidden.mean(0)
+            d = direction - (direction @ mean) / (mean @ mean) * mean
+            d = d * (SCORE_LOGIT_STD / (hidden @ d).std())
+            gain *= d.norm() / size
+            d = d * (size / d.norm())
+            weight[yes_id] = center + d / 2
+            weight[no_id] = center - d / 2
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out_dir")
+    parser.add_argument("--untied", action="store_true", help="separate lm_head (8B-like)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hidden-size", type=int, default=64)
+    parser.add_argument("--num-layers", type=int, default=2)
+    args = parser.parse_args(argv)
+    path = make_tiny_checkpoint(
+        args.out_dir,
+        tied=not args.untied,
+        seed=args.seed,
+        hidden_size=args.hidden_size,
+        num_layers=args.num_layers,
+    )
+    print(path)
+
+
+if __name__ == "__main__":
+    main()
