@@ -154,7 +154,7 @@ def serve_args(extra: list[str] | None = None) -> list[str]:
         "--dtype",
         "float32",
         "--max-model-len",
-        "512",
+        "1024",
         "--hf_overrides",
         json.dumps(HF_OVERRIDES),
         "--chat-template",

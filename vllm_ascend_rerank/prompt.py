@@ -16,9 +16,14 @@ def template_path() -> str:
     return str(files("vllm_ascend_rerank") / "templates" / TEMPLATE_NAME)
 
 
+def _raise(message: str) -> None:
+    raise ValueError(message)
+
+
 @functools.cache
 def _template() -> Template:
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = _raise
     return env.from_string((files("vllm_ascend_rerank") / "templates" / TEMPLATE_NAME).read_text())
 
 

@@ -1,0 +1,35 @@
+# One entry point for a fresh machine: `make demo` (serve + rerank) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# `===` pins the exact registry builds: pip would otherwise prefer a local
+# `torch 2.13.0+cpu` wheel, next to which torchvision 0.28.0 fails to import.
+TORCH := 'torch===2.13.0' 'torchvision===0.28.0'
+MODEL_DIR ?= .cache/tiny-qwen3-vl-reranker
+
+.PHONY: setup demo test lint build-native docs clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml $(wildcard setup.py CMakeLists.txt csrc/*/*.cpp) requirements/*.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -U pip
+	$(BIN)/pip install -q $(TORCH)
+	# vLLM's wheel pins CUDA-only packages: install it alone, then what it imports.
+	$(BIN)/pip install -q --no-deps vllm==0.32.0
+	$(BIN)/pip install -q -r requirements/vllm-runtime.txt -r requirements/test.txt $(TORCH)
+	# Editable install; builds the C++ op library with this machine's compiler.
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+demo: setup
+	$(BIN)/python examples/serve_and_rerank.py --model-dir $(MODEL_DIR)
+
+test: setup
+	$(BIN)/python -m pytest -q tests
+
+lint: setup
+	$(BIN)/ruff check vllm_ascend_rerank tests examples benchmarks
+
+clean:
+	rm -rf build $(VENV) .cache vllm_ascend_rerank/_C*.so
