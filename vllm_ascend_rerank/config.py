@@ -18,7 +18,7 @@ from vllm_ascend_rerank import envs
 if TYPE_CHECKING:
     from vllm.config import VllmConfig
 
-logger = init_logger(__name__)
+logger = init_logger(f"vllm.{__name__}")  # vLLM configures only "vllm.*"
 
 CPU_WORKER = "vllm_ascend_rerank.worker.worker.RerankCPUWorker"
 NPU_WORKER = "vllm_ascend_rerank.worker.worker.RerankNPUWorker"

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from vllm.v1.attention.backends.registry import AttentionBackendEnum
     from vllm.v1.attention.selector import AttentionSelectorConfig
 
-logger = init_logger(__name__)
+logger = init_logger(f"vllm.{__name__}")  # vLLM configures only "vllm.*"
 
 _FACTS = device.facts()
 # Must match RerankAttentionBackend.get_name() (not imported: this module is loaded
@@ -42,7 +42,13 @@ class AscendRerankPlatform(Platform):
 
     @property
     def supported_dtypes(self) -> list[torch.dtype]:
-        return [torch.bfloat16, torch.float16, torch.float32]
+        # vLLM's "auto" dtype takes fp16 for pooling models when listed. On a CPU fp16
+        # matmuls are slow and lossy: offer bf16 (fast with AVX512-BF16) and fp32.
+        if device.is_npu():
+            return [torch.bfloat16, torch.float16, torch.float32]
+        if torch.cpu._is_avx512_bf16_supported():
+            return [torch.bfloat16, torch.float32]
+        return [torch.float32, torch.bfloat16]
 
     @classmethod
     def is_npu(cls) -> bool:
@@ -151,6 +157,20 @@ class AscendRerankPlatform(Platform):
         return _GRAPH_WRAPPER_CLS
 
     # ---- configuration -----------------------------------------------------
+    @classmethod
+    def validate_environ(cls, hard_fail: bool) -> None:
+        """vLLM's check of unknown ``VLLM_*`` variables, knowing ours (envs.py) too."""
+        import os
+
+        from vllm import envs as vllm_envs
+
+        known = set(vllm_envs.environment_variables) | set(dir(envs))
+        for name in os.environ:
+            if name.startswith("VLLM_") and name not in known:
+                if hard_fail:
+                    raise ValueError(f"Unknown vLLM environment variable detected: {name}")
+                logger.warning("Unknown vLLM environment variable detected: %s", name)
+
     @classmethod
     def check_and_update_config(cls, vllm_config: VllmConfig) -> None:
         from vllm_ascend_rerank.config import update_config

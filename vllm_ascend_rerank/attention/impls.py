@@ -19,7 +19,7 @@ from vllm_ascend_rerank.attention import reference
 if TYPE_CHECKING:
     from vllm_ascend_rerank.attention.backend import RerankAttentionMetadata
 
-logger = init_logger(__name__)
+logger = init_logger(f"vllm.{__name__}")  # vLLM configures only "vllm.*"
 
 
 class AttentionKernels(Protocol):

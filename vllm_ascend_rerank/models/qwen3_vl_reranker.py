@@ -26,7 +26,7 @@ from vllm.model_executor.models.adapters import as_seq_cls_model
 from vllm.model_executor.models.interfaces import SupportsScoreTemplate
 from vllm.model_executor.models.qwen3_vl import Qwen3VLForConditionalGeneration
 
-logger = init_logger(__name__)
+logger = init_logger(f"vllm.{__name__}")  # vLLM configures only "vllm.*"
 
 _LM_HEAD = "lm_head.weight"
 _EMBED = "model.language_model.embed_tokens.weight"

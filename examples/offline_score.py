@@ -1,0 +1,46 @@
+"""Offline scoring with stock ``LLM.score`` through the plugin.
+
+    python examples/offline_score.py [--model DIR]
+
+Without ``--model`` it makes and uses the embedded tiny reranker (random weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from vllm import LLM
+
+HF_OVERRIDES = {
+    "architectures": ["Qwen3VLForSequenceClassification"],
+    "classifier_from_token": ["no", "yes"],
+    "is_original_qwen3_reranker": True,
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--model-dir", default=".cache/tiny-qwen3-vl-reranker")
+    args = ap.parse_args()
+    model = args.model
+    if model is None:
+        from vllm_ascend_rerank.tiny_checkpoint import make_tiny_checkpoint
+
+        if not (Path(args.model_dir) / "config.json").exists():
+            make_tiny_checkpoint(args.model_dir)
+        model = args.model_dir
+
+    llm = LLM(model=model, runner="pooling", hf_overrides=HF_OVERRIDES, max_model_len=4096)
+    query = "What do cats eat?"
+    documents = [
+        "Cats are carnivores and eat mostly meat and fish.",
+        "The stock market closed higher on Friday.",
+    ]
+    for doc, out in zip(documents, llm.score(query, documents), strict=True):
+        print(f"{out.outputs.score:.4f}  {doc}")
+
+
+if __name__ == "__main__":  # vLLM spawns its engine process: keep the guard
+    main()
