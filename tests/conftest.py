@@ -5,6 +5,7 @@ Engines and servers are module- or session-scoped: each start costs seconds.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -19,8 +20,8 @@ from pathlib import Path
 import pytest
 import requests
 
-# Engine subprocesses inherit this; pure-torch attention unless a test asks otherwise.
-os.environ.setdefault("VLLM_ASCEND_RERANK_ATTN_IMPL", "torch")
+# Engines run the shipped default (the C++ attention when built); tests that need the
+# pure-torch path say so with ``attn_impl``.
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,6 +74,20 @@ def reference_factory():
         return cache[path]
 
     return get
+
+
+@contextlib.contextmanager
+def attn_impl(name: str) -> Iterator[None]:
+    """Engines created inside run this attention implementation (inherited by spawn)."""
+    old = os.environ.get("VLLM_ASCEND_RERANK_ATTN_IMPL")
+    os.environ["VLLM_ASCEND_RERANK_ATTN_IMPL"] = name
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["VLLM_ASCEND_RERANK_ATTN_IMPL"]
+        else:
+            os.environ["VLLM_ASCEND_RERANK_ATTN_IMPL"] = old
 
 
 def make_llm(model: Path, **kwargs):
