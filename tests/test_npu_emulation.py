@@ -1,0 +1,626 @@
+"""The NPU code paths, proved on the CPU against the torch_npu emulation (tests/npu_emulation).
+
+(a) each emulated op against an independent torch computation, and its argument checks;
+(b) NpuKernels against TorchKernels on paged batches (cached context, GQA, padding slots);
+(c) the npu_ops CustomOp subclasses against vLLM's forward_native;
+(d) ACLGraphWrapper: size choice, padding, real capture/replay, eager fallback.
+
+On a host with a real torch_npu these are skipped: tests/test_npu_hardware.py runs the same
+kernel checks on the device.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import pathlib
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+EMULATION = pathlib.Path(__file__).parent / "npu_emulation"
+_spec = importlib.util.find_spec("torch_npu")
+if _spec is not None and EMULATION not in pathlib.Path(_spec.origin or "").parents:
+    pytest.skip("a real torch_npu is installed: see test_npu_hardware.py", allow_module_level=True)
+sys.path.insert(0, str(EMULATION))
+
+import torch_npu  # noqa: E402  (the emulation, from the path above)
+from vllm.config import CUDAGraphMode, VllmConfig, set_current_vllm_config  # noqa: E402
+from vllm.forward_context import BatchDescriptor, set_forward_context  # noqa: E402
+
+from vllm_ascend_rerank.attention import reference  # noqa: E402
+from vllm_ascend_rerank.attention.backend import RerankAttentionMetadata  # noqa: E402
+from vllm_ascend_rerank.attention.impls import TorchKernels  # noqa: E402
+from vllm_ascend_rerank.attention.npu import NpuKernels  # noqa: E402
+
+assert getattr(torch_npu, "__emulation__", False)
+NpuOpError = torch_npu.NpuOpError
+
+
+@pytest.fixture(autouse=True)
+def _calls() -> None:
+    torch_npu.calls.clear()
+
+
+@pytest.fixture(scope="module")
+def vllm_config() -> VllmConfig:
+    return VllmConfig()
+
+
+# ---- independent oracles ------------------------------------------------------------------------
+def sdpa_per_request(q, k, v, q_lens, kv_lens, scale, causal):
+    """q [T, N, D], k/v [T_kv, Nkv, D] back to back; torch SDPA with an explicit mask."""
+    out, qs, ks = [], 0, 0
+    for ql, kl in zip(q_lens, kv_lens, strict=True):
+        qh = q[qs : qs + ql].float().transpose(0, 1)
+        group = q.shape[1] // k.shape[1]
+        kh = k[ks : ks + kl].float().repeat_interleave(group, 1).transpose(0, 1)
+        vh = v[ks : ks + kl].float().repeat_interleave(group, 1).transpose(0, 1)
+        mask = None
+        if causal:
+            mask = torch.arange(kl)[None, :] <= torch.arange(ql)[:, None] + (kl - ql)
+        out.append(F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale))
+        qs, ks = qs + ql, ks + kl
+    return torch.cat([o.transpose(0, 1) for o in out])
+
+
+def cum(lengths):
+    return [sum(lengths[: i + 1]) for i in range(len(lengths))]
+
+
+CAUSAL_MASK = torch.ones(2048, 2048, dtype=torch.bool).triu(1)
+
+
+# ---- (a) emulated ops ---------------------------------------------------------------------------
+def test_rms_norm_matches_formula_and_checks_dtypes() -> None:
+    x, w = torch.randn(5, 3, 64), torch.randn(64)
+    y, rstd = torch_npu.npu_rms_norm(x, w, epsilon=1e-5)
+    want = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * w
+    torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5)
+    assert rstd.shape == (5, 3, 1) and rstd.dtype == torch.float32
+    y16, _ = torch_npu.npu_rms_norm(x.half(), w.float())  # documented pair fp16/fp32
+    assert y16.dtype == torch.float16
+    with pytest.raises(NpuOpError, match="dtypes"):
+        torch_npu.npu_rms_norm(x.half(), w.bfloat16())
+    with pytest.raises(NpuOpError, match="2-8 dims"):
+        torch_npu.npu_rms_norm(torch.randn(64), w)
+
+
+def test_add_rms_norm_returns_sum_and_norm() -> None:
+    a, b, w = torch.randn(4, 32), torch.randn(4, 32), torch.randn(32)
+    y, rstd, s = torch_npu.npu_add_rms_norm(a, b, w, epsilon=1e-6)
+    torch.testing.assert_close(s, a + b)
+    want = (a + b) / torch.sqrt((a + b).pow(2).mean(-1, keepdim=True) + 1e-6) * w
+    torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(NpuOpError, match="gamma dtype"):
+        torch_npu.npu_add_rms_norm(a, b, w.half())
+
+
+def test_swiglu_matches_formula_and_checks_layout() -> None:
+    x = torch.randn(3, 2, 10)
+    want = x[..., :5] * torch.sigmoid(x[..., :5]) * x[..., 5:]
+    torch.testing.assert_close(torch_npu.npu_swiglu(x, dim=-1), want)
+    with pytest.raises(NpuOpError, match="non-contiguous"):
+        torch_npu.npu_swiglu(x.transpose(0, 1))
+    with pytest.raises(NpuOpError, match="even"):
+        torch_npu.npu_swiglu(torch.randn(3, 7))
+
+
+def _mrope_oracle(q, positions, cache, head_size, section, interleaved):
+    """Per-channel loops, NeoX rotation (written from the op page's formulas)."""
+    half = cache.shape[1] // 2
+    tokens = q.shape[0]
+    out = q.float().view(tokens, -1, head_size).clone()
+    for t in range(tokens):
+        for i in range(half):
+            if interleaved:
+                axis = 1 if (i % 3 == 1 and i < 3 * section[1]) else 0
+                axis = 2 if (i % 3 == 2 and i < 3 * section[1]) else axis
+            else:
+                axis = 0 if i < section[0] else (1 if i < section[0] + section[1] else 2)
+            p = int(positions[axis, t])
+            c, s = float(cache[p, i]), float(cache[p, half + i])
+            x1, x2 = q.float().view(tokens, -1, head_size)[t, :, i], q.float().view(
+                tokens, -1, head_size
+            )[t, :, half + i]
+            out[t, :, i] = x1 * c - x2 * s
+            out[t, :, half + i] = x2 * c + x1 * s
+    return out.reshape(q.shape)
+
+
+@pytest.mark.parametrize("interleaved", [True, False])
+def test_mrope_matches_formulas(interleaved: bool) -> None:
+    tokens, head_size = 5, 128
+    section = [24, 20, 20] if interleaved else [16, 24, 24]
+    positions = torch.randint(0, 50, (3, tokens))
+    cache = torch.randn(64, head_size)
+    q, k = torch.randn(tokens, 2 * head_size), torch.randn(tokens, head_size)
+    q_out, k_out = torch_npu.npu_mrope(
+        positions, q, k, cache, head_size, mrope_section=section,
+        cache_mode="interleave" if interleaved else "default",
+    )  # fmt: skip
+    oracle_q = _mrope_oracle(q, positions, cache, head_size, section, interleaved)
+    oracle_k = _mrope_oracle(k, positions, cache, head_size, section, interleaved)
+    torch.testing.assert_close(q_out, oracle_q, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(k_out, oracle_k, rtol=1e-5, atol=1e-5)
+
+
+def test_mrope_rejects_what_the_page_excludes() -> None:
+    pos3 = torch.zeros(3, 4, dtype=torch.long)
+    q = torch.randn(4, 32)
+    with pytest.raises(NpuOpError, match="mrope_section"):  # the tiny checkpoint's section
+        torch_npu.npu_mrope(pos3, q, q, torch.randn(8, 16), 16, mrope_section=[4, 2, 2])
+    with pytest.raises(NpuOpError, match="multiple of 32"):  # head 16 in half precision
+        torch_npu.npu_mrope(torch.zeros(4, dtype=torch.long), q.half(), q.half(),
+                            torch.randn(8, 16).half(), 16)  # fmt: skip
+    with pytest.raises(NpuOpError, match="2D"):
+        pos1 = torch.zeros(4, dtype=torch.long)
+        torch_npu.npu_mrope(pos1, q.view(4, 2, 16), q, torch.randn(8, 16), 16)
+    with pytest.raises(NpuOpError, match="RoPE mode"):
+        torch_npu.npu_mrope(torch.zeros(4, dtype=torch.long), q, q, torch.randn(8, 16), 16,
+                            cache_mode="interleave")  # fmt: skip
+
+
+def test_scatter_nd_update_writes_rows_in_place() -> None:
+    base = torch.zeros(6, 2, 4)
+    view = base[:, :, :2]  # non-contiguous input is allowed
+    idx = torch.tensor([[4], [1]])
+    upd = torch.randn(2, 2, 2)
+    assert torch_npu.npu_scatter_nd_update_(view, idx, upd) is view
+    torch.testing.assert_close(base[4, :, :2], upd[0])
+    torch.testing.assert_close(base[1, :, :2], upd[1])
+    assert base[0].abs().sum() == 0 and base[:, :, 2:].abs().sum() == 0
+    with pytest.raises(NpuOpError, match="out of bounds"):
+        torch_npu.npu_scatter_nd_update_(base, torch.tensor([[-1]]), torch.randn(1, 2, 4))
+    with pytest.raises(NpuOpError, match="updates shape"):
+        torch_npu.npu_scatter_nd_update_(base, idx, torch.randn(2, 4))
+
+
+def _fia_inputs(dtype=torch.bfloat16, q_lens=(3, 5, 1), kv_lens=(7, 5, 9), n=4, nkv=2, d=128):
+    torch.manual_seed(0)
+    q = torch.randn(sum(q_lens), n, d).to(dtype)
+    k = torch.randn(sum(kv_lens), nkv, d).to(dtype)
+    v = torch.randn(sum(kv_lens), nkv, d).to(dtype)
+    return q, k, v, list(q_lens), list(kv_lens)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_fia_tnd_matches_sdpa(causal: bool) -> None:
+    q, k, v, q_lens, kv_lens = _fia_inputs()
+    out, lse = torch_npu.npu_fused_infer_attention_score(
+        q, k, v, atten_mask=CAUSAL_MASK if causal else None,
+        actual_seq_lengths=cum(q_lens), actual_seq_lengths_kv=cum(kv_lens),
+        num_heads=4, num_key_value_heads=2, scale=0.1, input_layout="TND",
+        sparse_mode=3 if causal else 0,
+    )  # fmt: skip
+    want = sdpa_per_request(q, k, v, q_lens, kv_lens, 0.1, causal)
+    assert out.dtype == torch.bfloat16 and lse.shape == (1,)
+    torch.testing.assert_close(out.float(), want, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("cache_form", ["BnBsH", "BnNBsD"])
+def test_fia_page_attention_reads_through_block_table(cache_form: str) -> None:
+    q, k, v, q_lens, kv_lens = _fia_inputs()
+    block_size, nkv, d = 16, 2, 128
+    table = torch.tensor([[3, 0], [1, 0], [2, 4]], dtype=torch.int32)
+    k_cache = torch.zeros(5, block_size, nkv, d, dtype=q.dtype)
+    v_cache = torch.zeros_like(k_cache)
+    start = 0
+    for r, kl in enumerate(kv_lens):
+        for p in range(kl):
+            blk, off = int(table[r, p // block_size]), p % block_size
+            k_cache[blk, off], v_cache[blk, off] = k[start + p], v[start + p]
+        start += kl
+    if cache_form == "BnBsH":
+        kc, vc = k_cache.flatten(2), v_cache.flatten(2)
+    else:
+        kc, vc = k_cache.transpose(1, 2).contiguous(), v_cache.transpose(1, 2).contiguous()
+    out, _ = torch_npu.npu_fused_infer_attention_score(
+        q, kc, vc, atten_mask=CAUSAL_MASK, block_table=table, block_size=block_size,
+        actual_seq_lengths=cum(q_lens), actual_seq_lengths_kv=kv_lens,
+        num_heads=4, num_key_value_heads=2, scale=0.1, input_layout="TND", sparse_mode=3,
+    )  # fmt: skip
+    want = sdpa_per_request(q, k, v, q_lens, kv_lens, 0.1, True)
+    torch.testing.assert_close(out.float(), want, rtol=1e-2, atol=1e-2)
+
+
+def test_fia_refuses_what_the_page_excludes() -> None:
+    q, k, v, q_lens, kv_lens = _fia_inputs()
+    ok = dict(
+        atten_mask=CAUSAL_MASK, actual_seq_lengths=cum(q_lens), actual_seq_lengths_kv=cum(kv_lens),
+        num_heads=4, num_key_value_heads=2, scale=0.1, input_layout="TND", sparse_mode=3,
+    )  # fmt: skip
+    fia = torch_npu.npu_fused_infer_attention_score
+    with pytest.raises(NpuOpError, match="input_layout"):
+        fia(q, k, v, **{**ok, "input_layout": "THD"})
+    with pytest.raises(NotImplementedError, match="BSND"):
+        fia(q, k, v, **{**ok, "input_layout": "BSND"})
+    with pytest.raises(NpuOpError, match="query dtype"):
+        fia(q.float(), k.float(), v.float(), **ok)
+    with pytest.raises(NpuOpError, match="head dim"):
+        fia(q[..., :64].contiguous(), k[..., :64].contiguous(), v[..., :64].contiguous(), **ok)
+    with pytest.raises(NpuOpError, match="2048"):
+        fia(q, k, v, **{**ok, "atten_mask": None})
+    with pytest.raises(NpuOpError, match="triu"):
+        fia(q, k, v, **{**ok, "atten_mask": CAUSAL_MASK.t().contiguous()})
+    with pytest.raises(NpuOpError, match="cumulative"):
+        fia(q, k, v, **{**ok, "actual_seq_lengths": q_lens})
+    with pytest.raises(NpuOpError, match="contiguous"):
+        fia(q.transpose(0, 1).contiguous().transpose(0, 1), k, v, **ok)
+    with pytest.raises(NpuOpError, match="num_key_value_heads"):
+        fia(q, k, v, **{**ok, "num_key_value_heads": 3})
+    with pytest.raises(NotImplementedError, match="pse_shift"):
+        fia(q, k, v, **ok, pse_shift=torch.zeros(1))
+
+
+def test_fusion_attention_tnd_matches_sdpa() -> None:
+    q, k, v, q_lens, _ = _fia_inputs(dtype=torch.float32, kv_lens=(3, 5, 1), d=72)
+    out = torch_npu.npu_fusion_attention(
+        q, k, v, 4, "TND", scale=0.2, actual_seq_qlen=cum(q_lens), actual_seq_kvlen=cum(q_lens)
+    )
+    assert len(out) == 7
+    want = sdpa_per_request(q, k, v, q_lens, q_lens, 0.2, False)
+    torch.testing.assert_close(out[0], want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(NotImplementedError, match="BSND"):
+        torch_npu.npu_fusion_attention(q, k, v, 4, "BSND")
+    with pytest.raises(NpuOpError, match="layout"):
+        torch_npu.npu_fusion_attention(q, k, v, 4, "TDN")
+    with pytest.raises(NpuOpError, match="head_num"):
+        torch_npu.npu_fusion_attention(
+            q, k, v, 2, "TND", actual_seq_qlen=cum(q_lens), actual_seq_kvlen=cum(q_lens)
+        )
+
+
+def test_npu_graph_replays_the_captured_work() -> None:
+    x, w = torch.randn(4, 8), torch.randn(8, 8)
+    out = torch.empty(4, 8)
+    graph = torch.npu.NPUGraph()
+    with torch.inference_mode(), torch.npu.graph(graph):
+        out.copy_(torch.relu(x @ w) + 1)
+    x.copy_(torch.randn(4, 8))  # new data, same memory
+    graph.replay()
+    torch.testing.assert_close(out, torch.relu(x @ w) + 1)
+    with pytest.raises(RuntimeError, match="host synchronisation"), torch.npu.graph(
+        torch.npu.NPUGraph()
+    ):
+        (x * 2).sum().item()
+    assert not torch.npu.is_current_stream_capturing()
+
+
+# ---- (b) NpuKernels vs TorchKernels ------------------------------------------------------------
+def make_paged_batch(
+    query_lens: list[int],
+    context_lens: list[int],
+    *,
+    num_heads: int,
+    num_kv_heads: int,
+    head_size: int,
+    block_size: int,
+    dtype: torch.dtype,
+    num_padding: int,
+    seed: int = 0,
+):
+    """Caches holding each request's context, this step's tokens (+ padding rows, slot -1)
+    and the metadata the backend would build. Block 0 is vLLM's null block: never used."""
+    g = torch.Generator().manual_seed(seed)
+    seq_lens = [c + q for c, q in zip(context_lens, query_lens, strict=True)]
+    blocks_per_req = [math.ceil(s / block_size) for s in seq_lens]
+    num_blocks = 1 + sum(blocks_per_req) + 3
+    ids = (torch.randperm(num_blocks - 1, generator=g) + 1).tolist()
+    table = torch.zeros(len(seq_lens), max(blocks_per_req), dtype=torch.int32)
+    for r, nb in enumerate(blocks_per_req):
+        table[r, :nb] = torch.tensor([ids.pop() for _ in range(nb)], dtype=torch.int32)
+
+    def new_cache() -> torch.Tensor:  # LBNHC: physical [blocks, block_size, heads, 2D]
+        phys = torch.zeros(num_blocks, block_size, num_kv_heads, 2 * head_size, dtype=dtype)
+        return phys.permute(0, 2, 1, 3)
+
+    def slots_for(r: int, positions: range) -> list[int]:
+        return [int(table[r, p // block_size]) * block_size + p % block_size for p in positions]
+
+    caches = new_cache(), new_cache()
+    for r, c in enumerate(context_lens):  # the cached context, written once for both
+        if c:
+            kk = torch.randn(c, num_kv_heads, head_size, generator=g).to(dtype)
+            vv = torch.randn(c, num_kv_heads, head_size, generator=g).to(dtype)
+            slots = torch.tensor(slots_for(r, range(c)))
+            for cache in caches:
+                reference.write_kv(kk, vv, cache, slots)
+    n = sum(query_lens)
+    total = n + num_padding
+    q = torch.randn(total, num_heads, head_size, generator=g).to(dtype)
+    k = torch.randn(total, num_kv_heads, head_size, generator=g).to(dtype)
+    v = torch.randn(total, num_kv_heads, head_size, generator=g).to(dtype)
+    slot_list = [s for r, ql in enumerate(query_lens)
+                 for s in slots_for(r, range(context_lens[r], seq_lens[r]))]  # fmt: skip
+    slot_mapping = torch.tensor(slot_list + [-1] * num_padding)
+    qsl = [0] + cum(query_lens)
+    md = RerankAttentionMetadata(
+        num_actual_tokens=n,
+        query_start_loc=qsl,
+        seq_lens=seq_lens,
+        max_query_len=max(query_lens),
+        max_seq_len=max(seq_lens),
+        block_table=table,
+        slot_mapping=slot_mapping[:n],
+        causal=True,
+        query_start_loc_tensor=torch.tensor(qsl, dtype=torch.int32),
+        seq_lens_tensor=torch.tensor(seq_lens, dtype=torch.int32),
+    )
+    return caches, q, k, v, slot_mapping, md
+
+
+def _run(kernels, cache, q, k, v, slot_mapping, md, scale, *, paged=True):
+    kernels.write_kv(k, v, cache, slot_mapping)
+    n = md.num_actual_tokens
+    out = torch.full((n, q.shape[1], q.shape[2]), float("nan"), dtype=q.dtype)
+    if paged:
+        kernels.paged_attention(q[:n], k[:n], v[:n], cache, md, scale, out)
+    else:
+        kernels.varlen_attention(q[:n], k[:n], v[:n], md, scale, out)
+    return out
+
+
+CASES = {
+    "cached-context-gqa": dict(query_lens=[5, 17, 1], context_lens=[20, 0, 33]),
+    "no-context": dict(query_lens=[9, 4], context_lens=[0, 0]),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_npu_kernels_fp32_equal_reference(case: str) -> None:
+    """float32 is outside npu_fused_infer_attention_score (float16/bfloat16 only): the cache
+    write goes through the NPU op, attention through the documented fallback."""
+    kw = CASES[case]
+    (ref_cache, npu_cache), q, k, v, slots, md = make_paged_batch(
+        **kw, num_heads=4, num_kv_heads=2, head_size=16, block_size=16,
+        dtype=torch.float32, num_padding=3,
+    )  # fmt: skip
+    want = _run(TorchKernels(), ref_cache, q, k, v, slots, md, 0.25)
+    got = _run(NpuKernels(), npu_cache, q, k, v, slots, md, 0.25)
+    torch.testing.assert_close(npu_cache[1:], ref_cache[1:], rtol=0, atol=0)  # not block 0
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert torch_npu.calls["npu_scatter_nd_update_"] == 1
+    assert torch_npu.calls["npu_fused_infer_attention_score"] == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", CASES)
+def test_npu_kernels_fia_match_reference(case: str, dtype: torch.dtype) -> None:
+    """The fused-attention path (half precision, head size 128) against the reference run in
+    float32 on the same half-precision values: only the output rounding may differ."""
+    kw = CASES[case]
+    (ref_cache, npu_cache), q, k, v, slots, md = make_paged_batch(
+        **kw, num_heads=8, num_kv_heads=2, head_size=128, block_size=16, dtype=dtype,
+        num_padding=2,
+    )  # fmt: skip
+    ref_cache = ref_cache.float()
+    want = _run(TorchKernels(), ref_cache, q.float(), k.float(), v.float(), slots, md, 0.09)
+    got = _run(NpuKernels(), npu_cache, q, k, v, slots, md, 0.09)
+    torch.testing.assert_close(npu_cache[1:].float(), ref_cache[1:], rtol=0, atol=0)
+    tol = 2e-3 if dtype == torch.float16 else 1.6e-2
+    torch.testing.assert_close(got.float(), want, rtol=tol, atol=tol)
+    assert torch_npu.calls["npu_fused_infer_attention_score"] == 1
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_npu_kernels_varlen_match_reference(causal: bool) -> None:
+    (ref_cache, npu_cache), q, k, v, slots, md = make_paged_batch(
+        [6, 11], [0, 0], num_heads=4, num_kv_heads=4, head_size=128, block_size=16,
+        dtype=torch.float16, num_padding=0,
+    )  # fmt: skip
+    md.causal = causal
+    want = _run(TorchKernels(), ref_cache.float(), q.float(), k.float(), v.float(), slots, md,
+                0.1, paged=False)  # fmt: skip
+    got = _run(NpuKernels(), npu_cache, q, k, v, slots, md, 0.1, paged=False)
+    torch.testing.assert_close(got.float(), want, rtol=2e-3, atol=2e-3)
+
+
+def test_npu_write_kv_refuses_a_non_token_major_cache() -> None:
+    cache = torch.zeros(4, 2, 16, 32)  # contiguous [blocks, heads, block_size, 2D]: not LBNHC
+    with pytest.raises(RuntimeError, match="token-major"):
+        NpuKernels().write_kv(torch.randn(1, 2, 16), torch.randn(1, 2, 16), cache,
+                              torch.tensor([5]))  # fmt: skip
+
+
+# ---- (c) CustomOp subclasses vs forward_native ---------------------------------------------------
+@pytest.fixture()
+def ops(vllm_config):
+    from vllm_ascend_rerank.ops import npu_ops
+
+    with set_current_vllm_config(vllm_config):
+        yield npu_ops
+
+
+def _close(a, b, dtype):
+    tol = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}[dtype]
+    torch.testing.assert_close(a.float(), b.float(), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rms_norm_op(ops, dtype) -> None:
+    layer = ops.NpuRMSNorm(64, eps=1e-6).to(dtype)
+    layer.weight.data.normal_()
+    x, res = torch.randn(7, 64).to(dtype), torch.randn(7, 64).to(dtype)
+    _close(layer.forward_oot(x), layer.forward_native(x), dtype)
+    heads = torch.randn(7, 4, 64).to(dtype)  # Qwen3's per-head q/k norm
+    _close(layer.forward_oot(heads), layer.forward_native(heads), dtype)
+    got, got_res = layer.forward_oot(x.clone(), res.clone())
+    want, want_res = layer.forward_native(x.clone(), res.clone())
+    _close(got, want, dtype)
+    _close(got_res, want_res, dtype)
+    assert torch_npu.calls["npu_rms_norm"] == 2 and torch_npu.calls["npu_add_rms_norm"] == 1
+
+
+def test_rms_norm_op_falls_back_outside_the_op(ops) -> None:
+    layer = ops.NpuRMSNorm(64, var_hidden_size=32)
+    x = torch.randn(3, 64)
+    _close(layer.forward_oot(x), layer.forward_native(x), torch.float32)
+    assert torch_npu.calls["npu_rms_norm"] == 0
+
+
+def test_silu_and_mul_op(ops) -> None:
+    layer = ops.NpuSiluAndMul()
+    x = torch.randn(5, 2, 32)
+    _close(layer.forward_oot(x), layer.forward_native(x), torch.float32)
+    strided = torch.randn(32, 5).t()
+    _close(layer.forward_oot(strided), layer.forward_native(strided), torch.float32)
+    assert torch_npu.calls["npu_swiglu"] == 1  # the non-contiguous input fell back
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("section,interleaved", [([24, 20, 20], True), ([16, 24, 24], False)])
+def test_mrope_op(ops, dtype, section, interleaved) -> None:
+    layer = ops.NpuMRotaryEmbedding(
+        128, 128, 4096, 5e6, True, dtype, mrope_section=section, mrope_interleaved=interleaved
+    )
+    tokens = 9
+    positions = torch.randint(0, 4000, (3, tokens))
+    q, k = torch.randn(tokens, 4 * 128).to(dtype), torch.randn(tokens, 2 * 128).to(dtype)
+    got_q, got_k = layer.forward_oot(positions, q.clone(), k.clone())
+    want_q, want_k = layer.forward_native(positions, q.clone(), k.clone())
+    _close(got_q, want_q, dtype)
+    _close(got_k, want_k, dtype)
+    text_pos = torch.arange(tokens)  # text only: plain RoPE mode
+    _close(layer.forward_oot(text_pos, q, k)[0], layer.forward_native(text_pos, q, k)[0], dtype)
+    assert torch_npu.calls["npu_mrope"] == 2
+
+
+def test_mrope_op_falls_back_for_the_tiny_checkpoint(ops) -> None:
+    layer = ops.NpuMRotaryEmbedding(
+        16, 16, 4096, 5e6, True, torch.float32, mrope_section=[4, 2, 2], mrope_interleaved=True
+    )
+    positions = torch.randint(0, 100, (3, 4))
+    q, k = torch.randn(4, 32), torch.randn(4, 16)
+    got, want = layer.forward_oot(positions, q, k), layer.forward_native(positions, q, k)
+    _close(got[0], want[0], torch.float32)
+    assert torch_npu.calls["npu_mrope"] == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_vision_attention_op(ops, dtype) -> None:
+    layer = ops.NpuMMEncoderAttention(num_heads=4, head_size=16, scale=0.3)
+    seq = 12
+    q, k, v = (torch.randn(1, seq, 4, 16).to(dtype) for _ in range(3))
+    cu = torch.tensor([0, 5, 12], dtype=torch.int32)  # two images
+    _close(layer.forward_oot(q, k, v, cu_seqlens=cu), layer.forward_native(q, k, v, cu), dtype)
+    q3, k3, v3 = (t.reshape(2, 6, 64) for t in (q, k, v))  # [b, s, h*d], one sequence per row
+    _close(layer.forward_oot(q3, k3, v3), layer.forward_native(q3, k3, v3), dtype)
+    assert torch_npu.calls["npu_fusion_attention"] == 2
+
+
+def test_register_swaps_layers_and_is_idempotent(ops) -> None:
+    from vllm.model_executor.custom_op import op_registry_oot
+    from vllm.model_executor.layers.layernorm import RMSNorm
+
+    saved = dict(op_registry_oot)  # registration is process-wide: undo it afterwards
+    try:
+        ops.register()
+        ops.register()
+        layer = RMSNorm(64)
+        assert type(layer) is ops.NpuRMSNorm
+        assert ops.NpuRMSNorm.name == "rms_norm"  # custom_ops "-rms_norm" still applies
+    finally:
+        op_registry_oot.clear()
+        op_registry_oot.update(saved)
+
+
+# ---- (d) ACLGraphWrapper ----------------------------------------------------------------------
+def test_capture_sizes_and_padding() -> None:
+    from vllm_ascend_rerank.graphs.acl_graph import capture_sizes, padded_size
+
+    assert capture_sizes(8192) == [16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
+    assert capture_sizes(100) == [16, 32, 64, 100]
+    assert capture_sizes(10) == [10]
+    assert capture_sizes(4096, "512, 64,8,100000") == [8, 64, 512]
+    with pytest.raises(ValueError, match="comma separated"):
+        capture_sizes(4096, "64,abc")
+    with pytest.raises(ValueError, match="positive"):
+        capture_sizes(4096, "0,64")
+    sizes = [16, 32, 64, 100]
+    assert [padded_size(n, sizes) for n in (1, 16, 17, 64, 65, 100, 101, 0)] == [
+        16, 16, 32, 64, 100, 100, None, None,
+    ]  # fmt: skip
+
+
+class _Piece(torch.nn.Module):
+    """A stand-in for one piecewise-compiled piece: per-token, so padding rows stay apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up, self.down = torch.nn.Linear(8, 32), torch.nn.Linear(16, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.up(x)
+        return self.down(F.silu(h[:, :16]) * h[:, 16:]) + x
+
+
+def test_acl_graph_wrapper_captures_replays_and_falls_back(vllm_config) -> None:
+    from vllm_ascend_rerank.graphs.acl_graph import ACLGraphWrapper, padded_size
+
+    vllm_config.compilation_config.cudagraph_capture_sizes = [4, 8, 16]
+    piece = _Piece()
+    wrapper = ACLGraphWrapper(piece, vllm_config, CUDAGraphMode.PIECEWISE)
+    assert wrapper.up is piece.up  # attributes reach the runnable
+    static = torch.zeros(16, 8)  # the runner's persistent input buffer
+    torch.manual_seed(1)
+    with torch.inference_mode():
+        for step, n in enumerate([3, 7, 5, 8, 2, 20]):
+            x = torch.randn(n, 8)
+            size = padded_size(n, wrapper.sizes) or n
+            if size <= 16:
+                static[:n] = x
+                static[n:size] = 0
+                inp = static[:size]
+            else:  # larger than every graph: the runner passes its own tensor
+                inp = x
+            with set_forward_context(
+                None, vllm_config, cudagraph_runtime_mode=CUDAGraphMode.PIECEWISE,
+                batch_descriptor=BatchDescriptor(num_tokens=size),
+            ):  # fmt: skip
+                out = wrapper(inp)
+            torch.testing.assert_close(out[:n], piece(x), rtol=1e-5, atol=1e-5, msg=f"step {step}")
+    # 3 -> 4 (capture), 7 -> 8 (capture), 5 -> 8 (replay), 8 (replay), 2 -> 4 (replay), 20 eager
+    assert torch_npu.calls["NPUGraph.capture"] == 2
+    assert torch_npu.calls["NPUGraph.replay"] == 3
+    assert {d.num_tokens: g.replays for d, g in wrapper.graphs.items()} == {4: 1, 8: 2}
+    with set_forward_context(None, vllm_config):  # cudagraph mode NONE: plain eager call
+        torch.testing.assert_close(wrapper(static[:3]), piece(static[:3]))
+    assert torch_npu.calls["NPUGraph.replay"] == 3
+
+
+# ---- worker / communicator shape ----------------------------------------------------------------
+def test_npu_runner_overrides_device_hooks_only() -> None:
+    from vllm_ascend_rerank.worker.worker import RerankNPUModelRunner, RerankNPUWorker
+
+    own = {k for k in vars(RerankNPUModelRunner) if not k.startswith("__")}
+    assert own == {"capture_model", "_sync_device", "_get_or_create_async_output_copy_stream"}
+    own = {k for k in vars(RerankNPUWorker) if not k.startswith("__")}
+    assert own == {"init_device", "_make_model_runner", "_maybe_get_memory_pool_context"}
+
+
+def test_npu_runner_stream_mapping_is_scoped() -> None:
+    from vllm_ascend_rerank.worker.worker import _cuda_streams_as_npu_streams
+
+    before = torch.cuda.Stream
+    with _cuda_streams_as_npu_streams():
+        assert torch.cuda.Stream is torch.npu.Stream
+        assert isinstance(torch.cuda.current_stream(), torch.npu.Stream)
+    assert torch.cuda.Stream is before
+
+
+def test_npu_communicator_single_rank() -> None:
+    import torch.distributed as dist
+
+    from vllm_ascend_rerank.distributed import NpuCommunicator
+
+    dist.init_process_group("gloo", init_method="tcp://127.0.0.1:29531", rank=0, world_size=1)
+    try:
+        group = dist.new_group([0], backend="gloo")
+        comm = NpuCommunicator(group, device_group=group, unique_name="tp:0")
+        x = torch.randn(3, 4)
+        assert comm.all_reduce(x) is x and comm.all_gather(x, dim=0) is x
+    finally:
+        dist.destroy_process_group()

@@ -1,0 +1,1 @@
+"""ACL graph capture and replay for the NPU (the static graph wrapper)."""
