@@ -46,7 +46,9 @@ def main() -> int:
                       mrope_section=section or (), mrope_interleaved=inter)  # fmt: skip
             got = mod.qkv_norm_rope(*args, **kw)
             want = mod.qkv_norm_rope_reference(*args, **kw)
-            err = max((g.float() - w.float()).abs().max().item() for g, w in zip(got, want, strict=True))
+            err = max(
+                (g.float() - w.float()).abs().max().item() for g, w in zip(got, want, strict=True)
+            )
             ok = err <= tol
             failed += not ok
             print(f"{case:22s} {str(dtype):15s} max|err| {err:.2e} {'ok' if ok else 'FAIL'}")
@@ -59,8 +61,10 @@ def main() -> int:
     t_k = bench(lambda: mod.qkv_norm_rope(*args, **kw))
     t_r = bench(lambda: mod.qkv_norm_rope_reference(*args, **kw))
     moved = args[0].numel() * 2 * 2  # read qkv, write q/k/v-sized output (bf16)
-    print(f"8192 tokens bf16: triton {t_k * 1e6:.0f} us ({moved / t_k / 1e9:.0f} GB/s), "
-          f"torch eager {t_r * 1e6:.0f} us, speedup x{t_r / t_k:.1f}")
+    print(
+        f"8192 tokens bf16: triton {t_k * 1e6:.0f} us ({moved / t_k / 1e9:.0f} GB/s), "
+        f"torch eager {t_r * 1e6:.0f} us, speedup x{t_r / t_k:.1f}"
+    )
     print("FAILED" if failed else "all cases within tolerance")
     return 1 if failed else 0
 
