@@ -56,17 +56,14 @@ def update_config(vllm_config: VllmConfig, npu: bool) -> None:
             "vllm-ascend-rerank (a reranker only prefills)"
         )
 
-    comp = vllm_config.compilation_config
-    if comp.mode != CompilationMode.NONE:
-        # torch.compile has no NPU backend in stock vLLM and costs minutes on a
-        # CPU for no gain at these sizes: run eager, capture ACL graphs instead.
-        logger.info(
-            "vllm-ascend-rerank: compilation_config.mode %s -> NONE (eager%s)",
-            comp.mode,
-            "; ACL graphs capture the forward" if npu else "",
-        )
-        comp.mode = CompilationMode.NONE
-    if not npu:
+    if npu:
+        _npu_graphs(vllm_config)
+    else:
+        comp = vllm_config.compilation_config
+        if comp.mode != CompilationMode.NONE:
+            # torch.compile costs minutes on a CPU for no gain at these sizes.
+            logger.info("vllm-ascend-rerank: compilation_config.mode %s -> NONE (eager)", comp.mode)
+            comp.mode = CompilationMode.NONE
         comp.cudagraph_mode = CUDAGraphMode.NONE
         comp.cudagraph_capture_sizes = []
         vllm_config.scheduler_config.async_scheduling = False
@@ -75,6 +72,38 @@ def update_config(vllm_config: VllmConfig, npu: bool) -> None:
         # a model first) deadlocks the engine process; spawn is always safe.
         os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
     os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
+
+
+def _npu_graphs(vllm_config: VllmConfig) -> None:
+    """ACL graphs through vLLM's piecewise path: Dynamo splits the forward at attention
+    (eager backend, no Inductor for NPU) and ``ACLGraphWrapper`` captures each piece for
+    the token counts of ``graphs.acl_graph.capture_sizes``. ``enforce_eager`` keeps it off."""
+    from vllm.config import CompilationMode
+    from vllm.config.compilation import CUDAGraphMode
+
+    from vllm_ascend_rerank.graphs.acl_graph import capture_sizes
+
+    comp = vllm_config.compilation_config
+    if vllm_config.model_config is not None and vllm_config.model_config.enforce_eager:
+        comp.mode = CompilationMode.NONE
+        comp.cudagraph_mode = CUDAGraphMode.NONE
+        return
+    comp.mode = CompilationMode.VLLM_COMPILE
+    comp.backend = "eager"
+    # vLLM's quant fusion passes are CUDA kernels: nothing to fuse on Ascend.
+    comp.pass_config.fuse_norm_quant = False
+    comp.pass_config.fuse_act_quant = False
+    comp.cudagraph_mode = CUDAGraphMode.PIECEWISE
+    sizes = capture_sizes(
+        vllm_config.scheduler_config.max_num_batched_tokens, envs.VLLM_ASCEND_RERANK_GRAPH_SIZES
+    )
+    comp.cudagraph_capture_sizes = sizes
+    comp.max_cudagraph_capture_size = sizes[-1]
+    logger.info(
+        "vllm-ascend-rerank: ACL graphs (piecewise) for %d token sizes up to %d",
+        len(sizes),
+        sizes[-1],
+    )
 
 
 def _reranker_head(vllm_config: VllmConfig) -> None:
