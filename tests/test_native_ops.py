@@ -289,13 +289,12 @@ def test_compute_slot_mapping_matches_reference(block_size: int) -> None:
     table = torch.randperm(128, generator=gen)[:64].view(4, 16).int()
     num_tokens, max_num_tokens = int(qsl[-1]), int(qsl[-1]) + 11
     expected = torch.full((max_num_tokens + 4,), 12345, dtype=torch.int64)
-    got = expected.clone()
-    py_slot_mapping.compute_slot_mapping(
-        num_tokens, max_num_tokens, qsl, positions, table, table.stride(0), expected, block_size
+    expected[:num_tokens] = py_slot_mapping.torch_slot_mapping(
+        qsl, positions[:num_tokens], table, block_size
     )
-    native.compute_slot_mapping(
-        num_tokens, max_num_tokens, qsl, positions, table, table.stride(0), got, block_size
-    )
+    expected[num_tokens:max_num_tokens] = -1
+    got = torch.full_like(expected, 12345)
+    ops.compute_slot_mapping(qsl, positions, table, block_size, got[:max_num_tokens])
     same(got, expected)
     assert (got[num_tokens:max_num_tokens] == -1).all() and (got[max_num_tokens:] == 12345).all()
 

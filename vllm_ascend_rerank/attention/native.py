@@ -71,36 +71,10 @@ def set_cpu_isa(name: str) -> None:
     _C.set_cpu_isa(name)
 
 
-def compute_slot_mapping(
-    num_tokens: int,
-    max_num_tokens: int,
-    query_start_loc_ptr: torch.Tensor,
-    positions_ptr: torch.Tensor,
-    block_table_ptr: torch.Tensor,
-    block_table_stride: int,
-    slot_mapping_ptr: torch.Tensor,
-    KV_CACHE_BLOCK_SIZE: int,  # noqa: N803 - kernel's constexpr name
-    TOTAL_CP_WORLD_SIZE: int = 1,  # noqa: N803
-    TOTAL_CP_RANK: int = 0,  # noqa: N803
-    CP_KV_CACHE_INTERLEAVE_SIZE: int = 1,  # noqa: N803
-    PAD_ID: int = -1,  # noqa: N803
-    BLOCK_SIZE: int = 1024,  # noqa: N803
-) -> None:
-    """Drop-in for ``slot_mapping.compute_slot_mapping`` (same Triton-style parameters)."""
-    if TOTAL_CP_WORLD_SIZE != 1:
-        raise NotImplementedError("context parallelism is not supported by vllm-ascend-rerank")
-    if PAD_ID != -1:
-        raise NotImplementedError("the native slot-mapping op pads with -1")
-    ops.compute_slot_mapping(
-        query_start_loc_ptr,
-        positions_ptr,
-        block_table_ptr.reshape(-1, block_table_stride),
-        KV_CACHE_BLOCK_SIZE,
-        slot_mapping_ptr[:max_num_tokens],
-    )
+class NativeKernels(TorchKernels):
+    """C++ cache write and paged attention; encoder-only (cache-less) attention, not on
+    the reranker's path, stays the pure-torch one."""
 
-
-class NativeKernels:
     name = "native"
 
     def write_kv(
@@ -133,16 +107,3 @@ class NativeKernels:
             md.causal,
             output,
         )
-
-    def varlen_attention(
-        self,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        md: RerankAttentionMetadata,
-        scale: float,
-        output: torch.Tensor,
-    ) -> None:
-        # Encoder-only (cache-less) attention is not on the reranker's path (Qwen3-VL's
-        # language model is a decoder); the pure-torch version serves it.
-        TorchKernels().varlen_attention(query, key, value, md, scale, output)
