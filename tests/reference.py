@@ -37,9 +37,21 @@ the image step it delegates to `qwen_vl_utils.process_vision_info` (QwenLM/Qwen3
 - An empty query dict or no documents scores nothing: [] (L388-389).
 - Not reproduced: if reading media fails, the official code logs the error and scores a
   user-only "NULL" prompt with no system turn instead (L177-186).
-- Videos: NOT reproduced here (raise NotImplementedError). Official: file videos at 1 fps, <= 64
-  frames; frame lists down-sampled to 64 by linspace; total_pixels 10 * 768 * 32 * 32; and the
-  official run used transformers 4.57.3, whose video placeholder layout differs from 5.x's.
+- Videos given as a file (reranker L280-283: video_kwargs = {fps: 1, max_frames: 64}, no pixel
+  bounds; qwen-vl-utils fetch_video L403-480): frames are counted with smart_nframes (L144-181:
+  total / video_fps * fps, clamped to [4, 64] and to the frame count, floored to an even number),
+  picked at torch.linspace(0, total - 1, n).round() (L366), the whole clip is resized with
+  torchvision bicubic + antialias to smart_resize(factor 32) with per-frame bounds
+  [128 * 32 * 32, min(768 * 32 * 32, total_pixels / n * 2)], total_pixels = 128000 * 32 * 32
+  * 0.9 (L405-407, L448-475), kept as float; metadata fps = source fps, frames_indices = the
+  picks. The processor then runs with do_resize=False, do_sample_frames=False (L194-203, L528).
+  Placeholder, as transformers 4.57.3 (the official pin) writes it: the whole
+  "<|vision_start|><|video_pad|><|vision_end|>" becomes, per temporal group of 2 frames,
+  "<{t:.1f} seconds><|vision_start|>" + pads + "<|vision_end|>", t = the mean time of the
+  group's two frames (index / fps); the expanded text is tokenized as one string.
+  Decoding: the official code reads with torchcodec, decord or torchvision (PyAV); none is
+  installed here, so frames are decoded with OpenCV (the decoder vLLM uses). Frame lists
+  (official: per-frame fetch_image, then down-sampled to 64) are not reproduced.
 
 Departure forced by transformers 5.x: its Qwen3-VL model needs `mm_token_type_ids` for M-RoPE;
 it is recomputed from the (truncated) ids (image pad -> 1, video pad -> 2), which gives the
@@ -67,6 +79,14 @@ MAX_RATIO = 200
 KEEP_TAIL = 5  # "<|im_end|>\n<|im_start|>assistant\n"
 
 IMAGE_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
+VIDEO_PLACEHOLDER = "<|vision_start|><|video_pad|><|vision_end|>"
+VIDEO_FPS = 1.0
+VIDEO_MIN_FRAMES = 4
+VIDEO_MAX_FRAMES = 64
+FRAME_FACTOR = 2
+VIDEO_MIN_PIXELS = 128 * IMAGE_FACTOR * IMAGE_FACTOR  # 131,072
+VIDEO_MAX_PIXELS = 768 * IMAGE_FACTOR * IMAGE_FACTOR  # 786,432
+VIDEO_TOTAL_PIXELS = 128000 * IMAGE_FACTOR * IMAGE_FACTOR * 0.9
 
 
 def _as_list(value: Any) -> list:
@@ -80,11 +100,13 @@ def side_parts(prefix: str, side: dict) -> list[dict]:
     text = side.get("text")
     texts = [text] if isinstance(text, str) else list(text or [])  # official: str or sequence
     images = _as_list(side.get("image"))
-    if side.get("video") is not None:
-        raise NotImplementedError("videos are not reproduced by this reference")
+    videos = _as_list(side.get("video"))  # file paths; official: str = one video
+    if any(not isinstance(v, (str, os.PathLike)) for v in videos):
+        raise NotImplementedError("only videos given as files are reproduced")
     parts: list[dict] = [{"type": "text", "text": prefix}]
-    if not texts and not images:
+    if not texts and not images and not videos:
         return parts + [{"type": "text", "text": "NULL"}]
+    parts += [{"type": "video", "video": v} for v in videos]
     parts += [{"type": "image", "image": img} for img in images]
     parts += [{"type": "text", "text": t} for t in texts]
     return parts
@@ -113,8 +135,9 @@ def render(messages: list[dict]) -> str:
     """What the Qwen3-VL chat template renders for these messages, with a generation prompt."""
     out = []
     for message in messages:
+        placeholder = {"image": IMAGE_PLACEHOLDER, "video": VIDEO_PLACEHOLDER}
         body = "".join(
-            IMAGE_PLACEHOLDER if part["type"] == "image" else part["text"]
+            placeholder[part["type"]] if part["type"] in placeholder else part["text"]
             for part in message["content"]
         )
         out.append(f"<|im_start|>{message['role']}\n{body}<|im_end|>\n")
@@ -168,6 +191,65 @@ def load_image(image: Any, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_P
         rgb = img.convert("RGB")
     h, w = smart_resize(rgb.height, rgb.width, min_pixels, max_pixels)
     return rgb.resize((w, h), resample=Image.Resampling.BICUBIC)
+
+
+def smart_nframes(
+    total_frames: int,
+    video_fps: float,
+    fps: float = VIDEO_FPS,
+    min_frames: int = VIDEO_MIN_FRAMES,
+    max_frames: int = VIDEO_MAX_FRAMES,
+) -> int:
+    """qwen-vl-utils' smart_nframes with the reranker's fps and max_frames."""
+    lo = math.ceil(min_frames / FRAME_FACTOR) * FRAME_FACTOR
+    hi = math.floor(max_frames / FRAME_FACTOR) * FRAME_FACTOR
+    n = min(min(max(total_frames / video_fps * fps, lo), hi), total_frames)
+    n = math.floor(n / FRAME_FACTOR) * FRAME_FACTOR
+    if not FRAME_FACTOR <= n <= total_frames:
+        raise ValueError(f"nframes should be in [{FRAME_FACTOR}, {total_frames}], got {n}")
+    return n
+
+
+def load_video(path: str | os.PathLike):
+    """(frames float TCHW at the official size, metadata) for a video file."""
+    import cv2
+    import numpy as np
+    import torch
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as tvf
+
+    cap = cv2.VideoCapture(str(path).removeprefix("file://"))
+    video_fps = cap.get(cv2.CAP_PROP_FPS)
+    frames = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+    cap.release()
+    total = len(frames)
+    n = smart_nframes(total, video_fps)
+    idx = torch.linspace(0, total - 1, n).round().long()
+    video = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)[idx]
+    _, _, height, width = video.shape
+    max_pixels = max(
+        min(VIDEO_MAX_PIXELS, VIDEO_TOTAL_PIXELS / n * FRAME_FACTOR), int(VIDEO_MIN_PIXELS * 1.05)
+    )
+    h, w = smart_resize(height, width, VIDEO_MIN_PIXELS, max_pixels)
+    video = tvf.resize(video, [h, w], interpolation=InterpolationMode.BICUBIC, antialias=True)
+    metadata = {"fps": video_fps, "frames_indices": idx.tolist(), "total_num_frames": total}
+    return video.float(), metadata
+
+
+def video_placeholder(grid_thw, metadata: dict, frame_seqlen: int) -> str:
+    """transformers 4.57.3's replacement for one whole VIDEO_PLACEHOLDER."""
+    indices = list(metadata["frames_indices"])
+    if len(indices) % FRAME_FACTOR:
+        indices += [indices[-1]] * (FRAME_FACTOR - len(indices) % FRAME_FACTOR)
+    times = [i / metadata["fps"] for i in indices]
+    stamps = [(times[i] + times[i + 1]) / 2 for i in range(0, len(times), FRAME_FACTOR)]
+    pads = "<|vision_start|>" + "<|video_pad|>" * frame_seqlen + "<|vision_end|>"
+    return "".join(f"<{stamps[t]:.1f} seconds>" + pads for t in range(int(grid_thw[0])))
 
 
 def truncate(ids: list[int], max_length: int, special_ids: set[int]) -> list[int]:
@@ -224,21 +306,38 @@ class OfficialReranker:
 
         messages = build_messages(query, document, instruction, self.instruction)
         text = render(messages)
+        parts = [part for m in messages for part in m["content"]]
         images = [
-            load_image(part["image"], self.min_pixels, self.max_pixels)
-            for m in messages
-            for part in m["content"]
-            if part["type"] == "image"
+            load_image(p["image"], self.min_pixels, self.max_pixels)
+            for p in parts
+            if p["type"] == "image"
         ]
-        inputs = self.processor(
-            text=[text],
-            images=images or None,
-            do_resize=False,
-            padding=False,
-            truncation=False,
-            return_tensors="pt",
-        )
-        ids = truncate(inputs["input_ids"][0].tolist(), self.max_length, self.special_ids)
+        videos = [load_video(p["video"]) for p in parts if p["type"] == "video"]
+        merge = self.processor.image_processor.merge_size ** 2
+        pixels = {}
+        if images:  # the processor's expansion: one pad per merged patch
+            out = self.processor.image_processor(
+                images=images, do_resize=False, return_tensors="pt"
+            )
+            pixels.update(pixel_values=out["pixel_values"], image_grid_thw=out["image_grid_thw"])
+            for grid in out["image_grid_thw"]:
+                pads = "<|vision_start|>" + "<|placeholder|>" * (int(grid.prod()) // merge)
+                text = text.replace(IMAGE_PLACEHOLDER, pads + "<|vision_end|>", 1)
+            text = text.replace("<|placeholder|>", "<|image_pad|>")
+        if videos:
+            out = self.processor.video_processor(
+                videos=[v for v, _ in videos],
+                video_metadata=[m for _, m in videos],
+                do_resize=False,
+                do_sample_frames=False,
+                return_tensors="pt",
+            )
+            grids = out["video_grid_thw"]
+            pixels.update(pixel_values_videos=out["pixel_values_videos"], video_grid_thw=grids)
+            for grid, (_, metadata) in zip(grids, videos, strict=True):
+                seqlen = int(grid[1:].prod()) // merge
+                text = text.replace(VIDEO_PLACEHOLDER, video_placeholder(grid, metadata, seqlen), 1)
+        ids = truncate(self.tokenizer(text)["input_ids"], self.max_length, self.special_ids)
         input_ids = torch.tensor([ids])
         mm_types = (input_ids == self.image_token_id).int() + 2 * (
             input_ids == self.video_token_id
@@ -248,9 +347,7 @@ class OfficialReranker:
             "attention_mask": torch.ones_like(input_ids),
             "mm_token_type_ids": mm_types,
         }
-        if images:
-            out["pixel_values"] = inputs["pixel_values"]
-            out["image_grid_thw"] = inputs["image_grid_thw"]
+        out.update(pixels)
         return out
 
     def score(

@@ -263,8 +263,8 @@ def test_image_scores(rerankers):
         {"text": "a picture"}, [{"image": img} for img in images] + [{"text": "d", "image": images}]
     )
     assert len(scores) == 4 and all(0.0 < s < 1.0 for s in scores)
-    with pytest.raises(NotImplementedError):
-        rr.score({"text": "q"}, [{"video": "clip.mp4"}])
+    with pytest.raises(NotImplementedError):  # videos as frame lists are not reproduced
+        rr.score({"text": "q"}, [{"video": [images]}])
 
 
 def test_vllm_processes_the_checkpoint(ckpts, rerankers):

@@ -39,6 +39,7 @@ def update_config(vllm_config: VllmConfig, npu: bool) -> None:
 
     if vllm_config.model_config is not None:
         _reranker_head(vllm_config)
+        _reranker_inputs(vllm_config)
     parallel = vllm_config.parallel_config
     if parallel.worker_cls == "auto":
         parallel.worker_cls = NPU_WORKER if npu else CPU_WORKER
@@ -71,7 +72,24 @@ def update_config(vllm_config: VllmConfig, npu: bool) -> None:
         # Forking after torch has started its OpenMP pool (e.g. a script that ran
         # a model first) deadlocks the engine process; spawn is always safe.
         os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+        _keep_freed_memory()
     os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
+
+
+# glibc gives blocks over 32 MiB (and the heap top) back to the OS on free, so each large
+# activation of each step is a fresh mapping that page-faults on first touch: 8-9% of a CPU
+# forward at 8192 tokens (measured, benchmarks/RESULTS.md), 10x on one 64 MiB elementwise op.
+# Kept in the process instead, like a caching allocator (resident memory stays at its peak).
+_GLIBC_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 36), "MALLOC_TRIM_THRESHOLD_": str(1 << 36)}
+
+
+def _keep_freed_memory() -> None:
+    """Read by glibc when the engine process starts (spawned after this); a user's own
+    settings (or an LD_PRELOADed allocator) win."""
+    if "LD_PRELOAD" in os.environ:
+        return
+    for name, value in _GLIBC_MALLOC_ENV.items():
+        os.environ.setdefault(name, value)
 
 
 def _npu_graphs(vllm_config: VllmConfig) -> None:
@@ -129,6 +147,17 @@ def _reranker_head(vllm_config: VllmConfig) -> None:
         )
     hf_config.num_labels = 1
     hf_config.get_text_config().num_labels = 1
+
+
+def _reranker_inputs(vllm_config: VllmConfig) -> None:
+    """The official scorer's image/video sizes and frame sampling as defaults, and its
+    truncation for ``truncate_prompt_tokens`` (see ``multimodal`` and ``truncation``)."""
+    from vllm_ascend_rerank import multimodal, truncation
+    from vllm_ascend_rerank.registration import MODEL_ARCH
+
+    if MODEL_ARCH in (getattr(vllm_config.model_config.hf_config, "architectures", None) or []):
+        multimodal.apply_defaults(vllm_config)
+        truncation.register(vllm_config.model_config)
 
 
 def _off(param: str, why: str) -> None:

@@ -25,6 +25,13 @@ from vllm.logger import init_logger
 from vllm.model_executor.models.adapters import as_seq_cls_model
 from vllm.model_executor.models.interfaces import SupportsScoreTemplate
 from vllm.model_executor.models.qwen3_vl import Qwen3VLForConditionalGeneration
+from vllm.multimodal import MULTIMODAL_REGISTRY
+
+from vllm_ascend_rerank.models.processing import (
+    RerankDummyInputsBuilder,
+    RerankMultiModalProcessor,
+    RerankProcessingInfo,
+)
 
 logger = init_logger(f"vllm.{__name__}")  # vLLM configures only "vllm.*"
 
@@ -64,6 +71,10 @@ def check_head(weight: torch.Tensor, where: str) -> None:
         )
 
 
+# Images and videos at the official scorer's sizes and frame counts (see ..multimodal).
+@MULTIMODAL_REGISTRY.register_processor(
+    RerankMultiModalProcessor, info=RerankProcessingInfo, dummy_inputs=RerankDummyInputsBuilder
+)
 class Qwen3VLForSequenceClassification(
     as_seq_cls_model(Qwen3VLForConditionalGeneration), SupportsScoreTemplate
 ):
@@ -79,7 +90,12 @@ class Qwen3VLForSequenceClassification(
 
     @classmethod
     def post_process_tokens(cls, prompt: TokensPrompt) -> None:
-        return None
+        # truncate_prompt_tokens cut the closing turn away: cut the official way instead.
+        from vllm_ascend_rerank.truncation import restore_closing_turn
+
+        ids = restore_closing_turn(prompt["prompt_token_ids"])
+        if ids is not None:
+            prompt["prompt_token_ids"] = ids
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         tokens = classifier_tokens(self.config)
