@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml $(wildcard setup.py CMakeLists.txt csrc/*/*.c
 	$(BIN)/pip install -q $(TORCH)
 	# vLLM's wheel pins CUDA-only packages: install it alone, then what it imports.
 	$(BIN)/pip install -q --no-deps vllm==0.32.0
-	$(BIN)/pip install -q -r requirements/vllm-runtime.txt -r requirements/test.txt $(TORCH)
+	$(BIN)/pip install -q -r requirements/vllm-runtime.txt -r requirements/test.txt -r requirements/docs.txt $(TORCH)
 	# Editable install; builds the C++ op library with this machine's compiler.
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	touch $@
@@ -30,6 +30,11 @@ test: setup
 
 lint: setup
 	$(BIN)/ruff check vllm_ascend_rerank tests examples benchmarks
+
+docs: setup
+	$(BIN)/pip install -q -r requirements/docs.txt
+	$(BIN)/python -m sphinx -W --keep-going -q -b html -d docs/_build/doctrees docs docs/_build/html
+	@echo "docs: docs/_build/html/index.html"
 
 clean:
 	rm -rf build $(VENV) .cache vllm_ascend_rerank/_C*.so

@@ -42,3 +42,15 @@ def test_main_job_serves_and_ranks(checkpoints: dict[str, Path]) -> None:
     assert [r[0] for r in ranked] == ["1", "2", "3", "4"], out.stdout
     scores = [float(r[1]) for r in ranked]
     assert scores == sorted(scores, reverse=True) and 0 < scores[-1] < scores[0] < 1
+
+
+def test_multimodal_examples_run(checkpoints: dict[str, Path]) -> None:
+    offline = run_example("multimodal_offline.py", "--model-dir", str(checkpoints["tied"]))
+    assert offline.returncode == 0, offline.stderr[-3000:]
+    assert len(SCORE_LINE.findall(offline.stdout)) >= 4, offline.stdout
+    online = run_example(
+        "multimodal_online.py", "--model-dir", str(checkpoints["tied"]), "--port", str(free_port())
+    )
+    assert online.returncode == 0, online.stdout[-2000:] + online.stderr[-3000:]
+    assert re.search(r"^1\. \d\.\d{4}  ", online.stdout, re.M), online.stdout
+    assert "undecodable image -> 400" in online.stdout, online.stdout

@@ -1,4 +1,4 @@
-"""The real ``vllm serve`` on 127.0.0.1 through the plugin: /v1/rerank, /v1/score, bad input, bench."""
+"""The real `vllm serve` on 127.0.0.1 via the plugin: rerank, score, bad input, bench."""
 
 from __future__ import annotations
 

@@ -25,15 +25,19 @@ def _check_vllm_version() -> None:
         )
 
 
+def _disabled() -> bool:
+    import os
+
+    return os.getenv("VLLM_ASCEND_RERANK_DEVICE", "auto").lower() == "off"
+
+
 def register() -> str | None:
     """``vllm.platform_plugins`` entry point: the platform's qualified name.
 
     Cheap and idempotent (vLLM calls it more than once); it must not import
     ``vllm.platforms.current_platform``.
     """
-    import os
-
-    if os.getenv("VLLM_ASCEND_RERANK_DEVICE", "auto").lower() == "off":
+    if _disabled():
         return None
     _check_vllm_version()
     return _PLATFORM
@@ -41,6 +45,8 @@ def register() -> str | None:
 
 def register_ops() -> None:
     """``vllm.general_plugins`` entry point, run in every vLLM process."""
+    if _disabled():
+        return
     from vllm_ascend_rerank.registration import register_all
 
     register_all()

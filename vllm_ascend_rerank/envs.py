@@ -12,7 +12,8 @@ from typing import Any
 
 _ENV: dict[str, Callable[[], Any]] = {
     # Which device the platform drives: "auto" (NPU when torch_npu finds one, else
-    # the CPU reference mode), "npu" (fail loudly without one) or "cpu".
+    # the CPU reference mode), "npu" (fail loudly without one), "cpu", or "off" (the
+    # plugin registers nothing; read directly by the entry points in __init__.py).
     "VLLM_ASCEND_RERANK_DEVICE": lambda: os.getenv("VLLM_ASCEND_RERANK_DEVICE", "auto").lower(),
     # Which attention implementation runs the paged attention: "auto" (NPU kernels
     # on an NPU, the compiled C++ ops when built, else pure torch), "torch"
