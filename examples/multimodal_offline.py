@@ -21,11 +21,7 @@ import numpy as np
 from PIL import Image
 from vllm import LLM
 
-HF_OVERRIDES = {
-    "architectures": ["Qwen3VLForSequenceClassification"],
-    "classifier_from_token": ["no", "yes"],
-    "is_original_qwen3_reranker": True,
-}
+from vllm_ascend_rerank.serving import HF_OVERRIDES, resolve_model
 
 
 def picture(h: int, w: int, color: tuple[int, int, int]) -> Image.Image:
@@ -61,13 +57,7 @@ def main() -> None:
     ap.add_argument("--model", default=None)
     ap.add_argument("--model-dir", default=".cache/tiny-qwen3-vl-reranker")
     args = ap.parse_args()
-    model = args.model
-    if model is None:
-        from vllm_ascend_rerank.tiny_checkpoint import make_tiny_checkpoint
-
-        if not (Path(args.model_dir) / "config.json").exists():
-            make_tiny_checkpoint(args.model_dir)
-        model = args.model_dir
+    model = resolve_model(args.model, args.model_dir)
 
     red_car = image_url(picture(120, 180, (220, 20, 20)))
     green_tree = image_url(picture(200, 90, (20, 160, 40)))

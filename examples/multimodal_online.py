@@ -10,32 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import signal
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import requests
-from multimodal_offline import HF_OVERRIDES, image_url, picture, video_url
+from multimodal_offline import image_url, picture, video_url
 
-TEMPLATE = Path(__file__).resolve().parents[1] / "qwen3_vl_reranker.jinja"
-
-
-def wait_healthy(server: subprocess.Popen, url: str, timeout: float = 300) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"vllm serve exited with {server.returncode}")
-        try:
-            if requests.get(url + "/health", timeout=1).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    raise SystemExit("vllm serve did not become healthy")
+from vllm_ascend_rerank.serving import LocalServer, reranker_serve_args, resolve_model
 
 
 def main() -> int:
@@ -45,28 +26,12 @@ def main() -> int:
     ap.add_argument("--port", type=int, default=8000)
     args = ap.parse_args()
 
-    model = args.model
-    if model is None:
-        from vllm_ascend_rerank.tiny_checkpoint import make_tiny_checkpoint
+    model = resolve_model(args.model, args.model_dir)
 
-        if not (Path(args.model_dir) / "config.json").exists():
-            make_tiny_checkpoint(args.model_dir)
-        model = args.model_dir
-
-    cmd = [
-        str(Path(sys.executable).parent / "vllm"), "serve", model,
-        "--runner", "pooling",
-        "--hf_overrides", json.dumps(HF_OVERRIDES),
-        "--chat-template", str(TEMPLATE),
-        "--host", "127.0.0.1", "--port", str(args.port),
-        "--max-model-len", "4096",
-        "--limit-mm-per-prompt", json.dumps({"image": 4, "video": 1}),
-    ]  # fmt: skip
-    print("$", shlex.join(cmd), flush=True)
-    url = f"http://127.0.0.1:{args.port}"
-    server = subprocess.Popen(cmd)
-    try:
-        wait_healthy(server, url)
+    serve_args = reranker_serve_args(
+        ["--max-model-len", "4096", "--limit-mm-per-prompt", json.dumps({"image": 4, "video": 1})]
+    )
+    with LocalServer(model, serve_args, port=args.port, echo=True) as server:
         with tempfile.TemporaryDirectory() as tmp:
             clip = video_url(Path(tmp) / "clip.mp4")
         red_car = image_url(picture(120, 180, (220, 20, 20)))
@@ -85,7 +50,7 @@ def main() -> int:
                 {"content": [{"type": "video_url", "video_url": {"url": clip}}]},
             ],
         }  # fmt: skip
-        r = requests.post(url + "/v1/rerank", json=request, timeout=120)
+        r = server.post("/v1/rerank", request)
         r.raise_for_status()
         body = r.json()
         print(f"\nquery: {request['query']}")
@@ -96,14 +61,11 @@ def main() -> int:
         bad = dict(request, documents=[
             {"content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}
         ])  # fmt: skip
-        r = requests.post(url + "/v1/rerank", json=bad, timeout=60)
+        r = server.post("/v1/rerank", bad)
         print(f"\nundecodable image -> {r.status_code}: {r.json()['error']['message']}")
         if args.model is None:
             print("(random tiny weights: the ranking shows the pipeline works, not relevance)")
-        return 0
-    finally:
-        server.send_signal(signal.SIGINT)  # graceful, like Ctrl-C
-        server.wait(timeout=60)
+    return 0
 
 
 if __name__ == "__main__":

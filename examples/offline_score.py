@@ -8,15 +8,10 @@ Without ``--model`` it makes and uses the embedded tiny reranker (random weights
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from vllm import LLM
 
-HF_OVERRIDES = {
-    "architectures": ["Qwen3VLForSequenceClassification"],
-    "classifier_from_token": ["no", "yes"],
-    "is_original_qwen3_reranker": True,
-}
+from vllm_ascend_rerank.serving import HF_OVERRIDES, resolve_model
 
 
 def main() -> None:
@@ -24,13 +19,7 @@ def main() -> None:
     ap.add_argument("--model", default=None)
     ap.add_argument("--model-dir", default=".cache/tiny-qwen3-vl-reranker")
     args = ap.parse_args()
-    model = args.model
-    if model is None:
-        from vllm_ascend_rerank.tiny_checkpoint import make_tiny_checkpoint
-
-        if not (Path(args.model_dir) / "config.json").exists():
-            make_tiny_checkpoint(args.model_dir)
-        model = args.model_dir
+    model = resolve_model(args.model, args.model_dir)
 
     llm = LLM(model=model, runner="pooling", hf_overrides=HF_OVERRIDES, max_model_len=4096)
     query = "What do cats eat?"

@@ -10,22 +10,10 @@ checkpoint such as Qwen/Qwen3-VL-Reranker-2B instead of the tiny random one.
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
-import signal
-import subprocess
 import sys
 import time
-from pathlib import Path
 
-import requests
-
-HF_OVERRIDES = {
-    "architectures": ["Qwen3VLForSequenceClassification"],
-    "classifier_from_token": ["no", "yes"],
-    "is_original_qwen3_reranker": True,
-}
-TEMPLATE = Path(__file__).resolve().parents[1] / "qwen3_vl_reranker.jinja"
+from vllm_ascend_rerank.serving import LocalServer, reranker_serve_args, resolve_model
 
 
 def main() -> int:
@@ -34,41 +22,14 @@ def main() -> int:
     ap.add_argument("--model", default=None, help="serve this checkpoint instead")
     ap.add_argument("--port", type=int, default=8000)
     args = ap.parse_args()
-
-    model = args.model
-    if model is None:
-        from vllm_ascend_rerank.tiny_checkpoint import make_tiny_checkpoint
-
-        if not (Path(args.model_dir) / "config.json").exists():
-            make_tiny_checkpoint(args.model_dir)
-        model = args.model_dir
+    model = resolve_model(args.model, args.model_dir)
+    if args.model is None:
         print(f"embedded default model (tiny, random weights): {model}")
 
-    cmd = [
-        str(Path(sys.executable).parent / "vllm"), "serve", model,
-        "--runner", "pooling",
-        "--hf_overrides", json.dumps(HF_OVERRIDES),
-        "--chat-template", str(TEMPLATE),
-        "--host", "127.0.0.1", "--port", str(args.port),
-        "--max-model-len", "4096",
-    ]  # fmt: skip
-    print("$", shlex.join(cmd), flush=True)
-    url = f"http://127.0.0.1:{args.port}"
-    server = subprocess.Popen(cmd)
-    try:
-        t0 = time.time()
-        while True:
-            if server.poll() is not None:
-                print("vllm serve exited with", server.returncode, file=sys.stderr)
-                return 1
-            try:
-                if requests.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
+    t0 = time.time()
+    serve_args = reranker_serve_args(["--max-model-len", "4096"])
+    with LocalServer(model, serve_args, port=args.port, echo=True) as server:
         print(f"server healthy after {time.time() - t0:.1f} s", flush=True)
-
         request = {
             "model": model,
             "query": "What do cats eat?",
@@ -80,7 +41,7 @@ def main() -> int:
             ],
             "top_n": 4,
         }
-        r = requests.post(url + "/v1/rerank", json=request, timeout=60)
+        r = server.post("/v1/rerank", request)
         r.raise_for_status()
         body = r.json()
         print(f"\nquery: {request['query']}")
@@ -89,10 +50,7 @@ def main() -> int:
         print(f"usage: {body['usage']}")
         if args.model is None:
             print("(random tiny weights: the ranking shows the pipeline works, not relevance)")
-        return 0
-    finally:
-        server.send_signal(signal.SIGINT)  # graceful, like Ctrl-C
-        server.wait(timeout=60)
+    return 0
 
 
 if __name__ == "__main__":

@@ -7,18 +7,19 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import os
 import random
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
+
+from vllm_ascend_rerank.serving import (  # noqa: F401 - HF_OVERRIDES, free_port: for tests
+    HF_OVERRIDES,
+    LocalServer,
+    free_port,
+    reranker_serve_args,
+)
 
 # Engines run the shipped default (the C++ attention when built); tests that need the
 # pure-torch path say so with ``attn_impl``.
@@ -26,11 +27,6 @@ os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = REPO / "qwen3_vl_reranker.jinja"
-HF_OVERRIDES = {
-    "architectures": ["Qwen3VLForSequenceClassification"],
-    "classifier_from_token": ["no", "yes"],
-    "is_original_qwen3_reranker": True,
-}
 ATOL = 1e-4  # fp32 agreement with the official rule
 
 _WORDS = (
@@ -110,72 +106,25 @@ def close_llm(llm) -> None:
     gc.collect()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class Server(LocalServer):
+    """``vllm serve`` for a test module, its output in a log file named in errors."""
 
-
-class Server:
     def __init__(self, model: Path, args: list[str], env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [
-            str(Path(sys.executable).parent / "vllm"),
-            "serve",
-            str(model),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            *args,
-        ]
-        self.log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"vllm-serve-{self.port}.log", "w")
-        self.proc = subprocess.Popen(
-            cmd, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
-        )
-        self._wait_ready(timeout=240)
-
-    def _wait_ready(self, timeout: float) -> None:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"vllm serve exited early; see {self.log.name}")
-            try:
-                if requests.get(self.url + "/health", timeout=2).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise TimeoutError(f"vllm serve not healthy after {timeout}s; see {self.log.name}")
-
-    def post(self, path: str, body: dict, timeout: float = 120) -> requests.Response:
-        return requests.post(self.url + path, json=body, timeout=timeout)
+        port = free_port()
+        self.log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"vllm-serve-{port}.log", "w")
+        try:
+            super().__init__(model, args, port=port, log=self.log,
+                             env={**os.environ, **(env or {})}, timeout=240)  # fmt: skip
+        except (RuntimeError, TimeoutError) as exc:
+            raise RuntimeError(f"{exc}; see {self.log.name}") from exc
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        super().stop()
         self.log.close()
 
 
 def serve_args(extra: list[str] | None = None) -> list[str]:
-    return [
-        "--runner",
-        "pooling",
-        "--dtype",
-        "float32",
-        "--max-model-len",
-        "1024",
-        "--hf_overrides",
-        json.dumps(HF_OVERRIDES),
-        "--chat-template",
-        str(TEMPLATE),
-        *(extra or []),
-    ]
+    return reranker_serve_args(["--dtype", "float32", "--max-model-len", "1024", *(extra or [])])
 
 
 @pytest.fixture(scope="module")
