@@ -52,7 +52,7 @@ HF_OVERRIDES = {
     "classifier_from_token": ["no", "yes"],
     "is_original_qwen3_reranker": True,
 }
-SCENARIOS = ("short-long", "shared-prefix", "every-token", "startup")
+SCENARIOS = ("short-long", "shared-prefix", "every-token", "bench-serve", "startup")
 DTYPES = ("float32", "bfloat16")
 # Engines run in spawned processes; the timing hooks below are sent to them as pickled callables.
 os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
@@ -168,9 +168,14 @@ class LMShape:
 
 def matmul_rate(
     shapes: list[tuple[int, int]], dtype_name: str, rows: int, repeats: int = 5
-) -> tuple[float, float]:
-    """FLOP per second and per CPU-second of ``F.linear`` over ``shapes`` ((in, out) weights)
-    at ``rows`` tokens, medians of ``repeats``, on the calling process's torch threads."""
+) -> dict[str, tuple[float, float]]:
+    """FLOP per second and per CPU-second of one decoder layer's GEMMs (``shapes``: (in, out)
+    weights) at ``rows`` tokens, medians of ``repeats``, on this process's torch threads:
+
+    - "F.linear": ``torch.nn.functional.linear``, what the model's linear layers call;
+    - "oneDNN": oneDNN with the weight prepacked (``torch.ops.mkldnn._linear_pointwise``),
+      the best GEMM torch has on this CPU (vLLM's own CPU backend uses oneDNN too).
+    """
     import torch
     import torch.nn.functional as F  # noqa: N812
 
@@ -181,16 +186,49 @@ def matmul_rate(
         for k, n in shapes
     ]
     flops = sum(2 * rows * w.shape[0] * w.shape[1] for _, w in ops)
-    for x, w in ops:  # warm-up
-        F.linear(x, w)
-    walls, cpus = [], []
-    for _ in range(repeats):
-        start, cpu = time.perf_counter(), time.process_time()
-        for x, w in ops:
-            F.linear(x, w)
-        walls.append(time.perf_counter() - start)
-        cpus.append(time.process_time() - cpu)
-    return flops / statistics.median(walls), flops / statistics.median(cpus)
+    gemms: dict[str, Callable[[], object]] = {"F.linear": lambda: [F.linear(x, w) for x, w in ops]}
+    if torch.backends.mkldnn.is_available():
+        packed = [torch.ops.mkldnn._reorder_linear_weight(w, rows) for _, w in ops]
+        gemms["oneDNN"] = lambda: [
+            torch.ops.mkldnn._linear_pointwise(x, p, None, "none", [], "")
+            for (x, _), p in zip(ops, packed, strict=True)
+        ]
+    out = {}
+    for name, gemm in gemms.items():
+        gemm()  # warm-up
+        walls, cpus = [], []
+        for _ in range(repeats):
+            start, cpu = time.perf_counter(), time.process_time()
+            gemm()
+            walls.append(time.perf_counter() - start)
+            cpus.append(time.process_time() - cpu)
+        out[name] = (flops / statistics.median(walls), flops / statistics.median(cpus))
+    return out
+
+
+def _onednn_linear(worker: Any, on: bool) -> int:
+    """Experiment, inside the engine process: run every unquantized linear layer through
+    oneDNN with a prepacked weight (``on``) or through vLLM's default ``F.linear``."""
+    import torch
+    from vllm.model_executor.layers.linear import UnquantizedLinearMethod
+
+    switched = 0
+    for layer in worker.model_runner.model.modules():
+        method = getattr(layer, "quant_method", None)
+        if not isinstance(method, UnquantizedLinearMethod) or layer.weight.dim() != 2:
+            continue
+        if not hasattr(method, "_bench_default_gemm"):
+            method._bench_default_gemm = method._gemm_impl
+            rows = worker.vllm_config.scheduler_config.max_num_batched_tokens
+            layer._bench_packed = torch.ops.mkldnn._reorder_linear_weight(layer.weight, rows)
+        method._gemm_impl = (
+            (lambda lyr, x, w, b: torch.ops.mkldnn._linear_pointwise(
+                x, lyr._bench_packed, b, "none", [], ""))
+            if on
+            else method._bench_default_gemm
+        )  # fmt: skip
+        switched += 1
+    return switched
 
 
 def _matmul_in_worker(worker: Any, shapes: list, dtype_name: str, rows: int) -> tuple:
@@ -684,7 +722,7 @@ def run_dtype(ctx: Context, dtype: str, scenarios: list[str]) -> None:
     need_ref = bool({"short-long", "shared-prefix"} & set(scenarios))
     need_on = bool({"short-long", "shared-prefix"} & set(scenarios))
     need_off = bool({"shared-prefix", "every-token"} & set(scenarios))
-    online_wanted = "short-long" in scenarios and not a.skip_online
+    online_wanted = not a.skip_online and bool({"short-long", "bench-serve"} & set(scenarios))
 
     log(f"{dtype}: starting engines (prefix caching on: {need_on}, off: {need_off})")
     on = Offline(ctx.checkpoint, dtype, True, a.max_model_len) if need_on else None
@@ -694,8 +732,10 @@ def run_dtype(ctx: Context, dtype: str, scenarios: list[str]) -> None:
         with closing_all(online):
             ref = Reference(ctx.checkpoint, dtype) if need_ref else None
             engine = on or off
-            assert engine is not None
-            ctx.notes.append(f"{dtype}: vLLM max_num_batched_tokens = {engine.max_batched_tokens}")
+            if engine is not None:
+                ctx.notes.append(
+                    f"{dtype}: vLLM max_num_batched_tokens = {engine.max_batched_tokens}"
+                )
             if "short-long" in scenarios:
                 assert on is not None and ref is not None
                 _short_long(ctx, dtype, short, on, online, ref)
@@ -705,6 +745,8 @@ def run_dtype(ctx: Context, dtype: str, scenarios: list[str]) -> None:
             if "every-token" in scenarios:
                 assert off is not None
                 _every_token(ctx, dtype, short, off)
+            if "bench-serve" in scenarios and online is not None:
+                _bench_serve(ctx, dtype, online)
 
 
 def _short_long(
@@ -788,6 +830,16 @@ def _shared_prefix(
         raise AssertionError(f"prefix caching changed the scores by {diff:.2e} ({dtype})")
 
 
+def _then_call(run: Callable[[], list[float]], after: Callable[[], object]) -> Callable:
+    def wrapped() -> list[float]:
+        try:
+            return run()
+        finally:
+            after()
+
+    return wrapped
+
+
 def _then(run: Callable[[], list[float]], out: dict, key: str, engine: Offline) -> Callable:
     """``run``, then note how many tokens the engine computed (prefix cache hits excluded)."""
 
@@ -805,7 +857,7 @@ def _every_token(ctx: Context, dtype: str, w: Workload, off: Offline) -> None:
     log(f"{dtype} every-token: {len(w.pairs)} pairs, {tokens} tokens, {flops / 1e9:.1f} GFLOP")
     m = offline_method("plugin-offline PC off", off, w)
     hooks: list[dict[str, float]] = []
-    rates: list[tuple[float, float]] = []
+    rates: list[dict[str, tuple[float, float]]] = []
     shapes = ctx.shape.linear_shapes()
     m.run()
 
@@ -820,31 +872,50 @@ def _every_token(ctx: Context, dtype: str, w: Workload, off: Offline) -> None:
         return []
 
     m.run = run
-    rounds(ctx, f"{dtype} every-token", [m, Method("matmul", matmul, lambda: [], 0, 0)])
+    methods = [m, Method("matmul", matmul, lambda: [], 0, 0)]
+    if a.onednn_linear:  # experiment: the same engine with oneDNN GEMMs for this pass only
+        exp = offline_method("PC off, oneDNN linear*", off, w)
+        exp.before = lambda: (off.reset(), off.llm.collective_rpc(_onednn_linear, args=(True,)))
+        exp.run = _then_call(exp.run, lambda: off.llm.collective_rpc(_onednn_linear, args=(False,)))
+        methods.append(exp)
+    rounds(ctx, f"{dtype} every-token", methods)
     if any(h["tokens"] != tokens for h in hooks):  # the FLOP count assumes these tokens
         ctx.notes.append(f"{dtype} every-token: engine computed {hooks[0]['tokens']} tokens")
     ctx.add("every-token", dtype, m)
+    if a.onednn_linear:
+        ctx.add("every-token", dtype, methods[-1])
+        ctx.notes.append(
+            f"{dtype} every-token, *experiment (--onednn-linear): the engine's linear layers "
+            "switched to prepacked oneDNN GEMMs for that pass; max |score diff| vs F.linear "
+            f"{max_diff(m.scores, methods[-1].scores):.1e}"
+        )
     med = lambda key: statistics.median(h[key] for h in hooks)  # noqa: E731
     wall, fwd, fwd_cpu = statistics.median(m.walls), med("forward_s"), med("forward_cpu_s")
-    rate = statistics.median(r for r, _ in rates)
-    rate_cpu = statistics.median(r for _, r in rates)
-    ratio = statistics.median(
-        flops / h["forward_s"] / r for h, (r, _) in zip(hooks, rates, strict=True)
-    )
-    ratio_cpu = statistics.median(
-        flops / h["forward_cpu_s"] / rc for h, (_, rc) in zip(hooks, rates, strict=True)
-    )
+    fwd_rate, fwd_rate_cpu = flops / fwd, flops / fwd_cpu
+    text = []
+    for gemm in rates[0]:
+        # Ratios per round (forward and matmul measured back to back), then the median.
+        ratio = statistics.median(
+            flops / h["forward_s"] / r[gemm][0] for h, r in zip(hooks, rates, strict=True)
+        )
+        ratio_cpu = statistics.median(
+            flops / h["forward_cpu_s"] / r[gemm][1] for h, r in zip(hooks, rates, strict=True)
+        )
+        rate = statistics.median(r[gemm][0] for r in rates)
+        text.append(
+            f"{gemm} {rate / 1e9:.1f} GFLOP/s -> LM forward = {100 * ratio:.0f}% of it "
+            f"(from CPU seconds: {100 * ratio_cpu:.0f}%)"
+        )
     ctx.notes.append(
         f"{dtype} every-token: {flops / 1e9:.1f} GFLOP over {tokens} tokens (formula in "
-        f"LMShape.flops). Matmul rate (F.linear, one layer's GEMM shapes x the rows of a step, "
-        "in the engine process between passes): "
-        f"{rate / 1e9:.1f} GFLOP/s wall, {rate_cpu / 1e9:.1f} GFLOP per CPU-s. LM forward: "
-        f"{flops / fwd / 1e9:.1f} GFLOP/s = {100 * ratio:.0f}% of the matmul rate "
-        f"(per CPU-s: {flops / fwd_cpu / 1e9:.1f} = {100 * ratio_cpu:.0f}%); end to end "
-        f"{flops / wall / 1e9:.1f} GFLOP/s. Pass split: model forward {100 * fwd / wall:.0f}% "
-        f"(attention kernels {100 * med('attention_s') / wall:.0f}%), rest of the worker "
-        f"step {100 * (med('step_s') - fwd) / wall:.0f}%, outside the worker (scheduler, "
-        f"tokenizer, engine I/O) {100 * (wall - med('step_s')) / wall:.0f}%"
+        f"LMShape.flops); LM forward {fwd_rate / 1e9:.1f} GFLOP/s ({fwd_rate_cpu / 1e9:.1f} per "
+        f"CPU-s), end to end {flops / wall / 1e9:.1f} GFLOP/s. Matmul rate (one layer's GEMM "
+        "shapes x the rows of a step, in the engine process between passes): "
+        + "; ".join(text)
+        + f". Pass split: model forward {100 * fwd / wall:.0f}% (attention kernels "
+        f"{100 * med('attention_s') / wall:.0f}%), rest of the worker step "
+        f"{100 * (med('step_s') - fwd) / wall:.0f}%, outside the worker (scheduler, tokenizer, "
+        f"engine I/O) {100 * (wall - med('step_s')) / wall:.0f}%"
     )
     if a.profile:
         profile_pass(ctx, f"{dtype} every-token (prefix caching off)", off, w)
@@ -858,7 +929,40 @@ def profile_pass(ctx: Context, label: str, engine: Offline, w: Workload) -> None
     engine.score(w)
     wall = time.perf_counter() - start
     prof = engine.llm.collective_rpc(_profile, args=("stop",))[0]
-    ctx.profiles.append(f"{label}, engine process, one pass:\n" + summarize_profile(prof, wall))
+    text = summarize_profile(prof, wall)
+    ctx.profiles.append(
+        f"torch.profiler + layer timers, {label}, engine process, one pass:\n{text}"
+    )
+
+
+def _bench_serve(ctx: Context, dtype: str, online: Online) -> None:
+    """vLLM's own load generator against our server: the seed's benchmark command."""
+    cmd = [
+        str(Path(sys.executable).parent / "vllm"), "bench", "serve",
+        "--backend", "vllm-rerank", "--dataset-name", "random-rerank", "--endpoint", "/v1/rerank",
+        "--model", online.server.model, "--base-url", online.server.url,
+        "--random-input", "200", "--num-prompts", str(ctx.args.bench_prompts), "--seed", "0",
+    ]  # fmt: skip
+    log(f"{dtype} bench-serve: {' '.join(cmd[1:])}")
+    online.reset()
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    block = out.stdout[out.stdout.find("=" * 10) :].strip()
+    figures = {}
+    for line in block.splitlines():
+        name, _, value = line.rpartition(":")
+        with contextlib.suppress(ValueError):
+            figures[name.strip()] = float(value)
+    ctx.profiles.append(f"vllm bench serve ({dtype} server):\n{block or out.stdout[-2000:]}")
+    failed = int(figures.get("Failed requests", -1))
+    ctx.notes.append(
+        f"{dtype} bench-serve (vllm bench serve --backend vllm-rerank --dataset-name "
+        f"random-rerank --random-input 200 --num-prompts {ctx.args.bench_prompts}): "
+        f"{int(figures.get('Successful requests', 0))} ok, {failed} failed, "
+        f"{figures.get('Request throughput (req/s)', 0):.1f} req/s, "
+        f"{figures.get('Total token throughput (tok/s)', 0):.0f} tok/s"
+    )
+    if out.returncode != 0 or failed != 0:
+        raise RuntimeError(f"vllm bench serve failed:\n{out.stdout[-3000:]}{out.stderr[-3000:]}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -922,7 +1026,8 @@ def report(ctx: Context) -> None:
         f"{s.head_dim}, intermediate {s.intermediate}, {s.linear_params / 1e6:.1f}M linear params "
         f"per token; torch threads {torch.get_num_threads()}; attention kernels "
         f"{os.environ.get('VLLM_ASCEND_RERANK_ATTN_IMPL', 'auto')}; load average during rounds "
-        f"{min(ctx.loads, default=0):.1f}..{max(ctx.loads, default=0):.1f} on {os.cpu_count()} CPUs"
+        + (f"{min(ctx.loads):.1f}..{max(ctx.loads):.1f}" if ctx.loads else "n/a")
+        + f" on {os.cpu_count()} CPUs"
     )
     print(
         "x pad / x pw: pairs/s relative to ref-padded / ref-pairwise of the same scenario and "
@@ -963,7 +1068,7 @@ def report(ctx: Context) -> None:
     for note in ctx.notes:
         print("* " + note)
     for text in ctx.profiles:
-        print("\n--- torch.profiler, " + text)
+        print("\n--- " + text)
     if ctx.args.json:
         rows = [{**r.__dict__, "pairs_s": r.pairs_s, "tokens_s": r.tokens_s} for r in ctx.rows]
         out = {"rows": rows, "notes": ctx.notes, "loads": ctx.loads}
@@ -972,7 +1077,9 @@ def report(ctx: Context) -> None:
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--dtype", choices=[*DTYPES, "both"], default="both")
+    p.add_argument(
+        "--dtype", choices=[*DTYPES, "both"], default=None, help="default both (quick: float32)"
+    )
     p.add_argument("--scenario", nargs="+", choices=[*SCENARIOS, "all"], default=["all"])
     p.add_argument("--quick", action="store_true", help="small sizes, one round (smoke run)")
     p.add_argument("--skip-online", action="store_true", help="no vllm serve for scenario (i)")
@@ -987,16 +1094,24 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--ref-batch-size", type=int, default=16)
     p.add_argument("--padding-side", choices=["left", "right"], default="left")
     p.add_argument("--max-model-len", type=int, default=2048)
+    p.add_argument("--bench-prompts", type=int, default=None, help="default 200 (quick 20)")
     p.add_argument("--startup-repeats", type=int, default=None, help="default 3 (quick 1)")
+    p.add_argument(
+        "--onednn-linear",
+        action="store_true",
+        help="every-token: also time the engine with prepacked oneDNN GEMMs (experiment)",
+    )
     p.add_argument("--profile", action="store_true", help="torch.profiler table (every-token)")
     p.add_argument("--json", default=None, help="also write the results to this file")
     a = p.parse_args()
     q = a.quick
+    a.dtype = a.dtype or ("float32" if q else "both")
     a.repeats = a.repeats or (1 if q else 3)
     a.hidden_size = a.hidden_size or (128 if q else 768)
     a.num_layers = a.num_layers or (2 if q else 6)
     a.queries = a.queries or (2 if q else 4)
     a.startup_repeats = a.startup_repeats or (1 if q else 3)
+    a.bench_prompts = a.bench_prompts or (20 if q else 200)
     if q:
         a.shared_query_tokens, a.shared_doc_tokens = min(a.shared_query_tokens, 128), 32
     return a
