@@ -21,3 +21,41 @@ def qwen3_vl_video_kwargs() -> dict[str, object]:
     if "cap_pixels_per_frame" in getattr(valid, "__annotations__", {}):
         return {"cap_pixels_per_frame": False}
     return {}
+
+
+# vLLM 0.32's offline client (SyncMPClient) decodes engine outputs in daemon threads. At
+# interpreter exit its finalizer only *signals* them; a thread still freeing its last pooled
+# tensor when Py_FinalizeEx starts is killed mid-free and the process aborts ("terminate called
+# without an active exception", exit -6), about one run in four on 2 cores.
+_CLIENT_THREADS = ("EngineCoreOutputQueueThread", "MPClientEngineMonitor")
+_JOIN_BUDGET_S = 5.0
+
+
+class _ExitSentinel:
+    pass
+
+
+_EXIT_SENTINEL = _ExitSentinel()
+
+
+def _join_client_threads() -> None:
+    import threading
+    import time
+
+    deadline = time.monotonic() + _JOIN_BUDGET_S
+    for thread in threading.enumerate():
+        if thread.daemon and thread.name in _CLIENT_THREADS:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+
+
+@functools.cache
+def join_client_threads_at_exit() -> None:
+    """Join vLLM's client threads after vLLM's own exit-time shutdown has signalled them.
+
+    At exit, ``weakref.finalize`` callbacks run in reverse order of creation (documented in
+    the ``weakref`` module), so a finalizer made here, before the engine client exists, runs
+    after the client's shutdown finalizer. Remove once vLLM joins these threads itself.
+    """
+    import weakref
+
+    weakref.finalize(_EXIT_SENTINEL, _join_client_threads)

@@ -29,3 +29,6 @@ def register_all() -> None:
 
     register_video_loader()
     register_media_connector()
+    from vllm_ascend_rerank.compat import join_client_threads_at_exit
+
+    join_client_threads_at_exit()
