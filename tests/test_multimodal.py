@@ -247,13 +247,33 @@ def test_truncation_keeps_closing_turn_and_media(llm, media, ref, checkpoints) -
     assert text_out.outputs.score == pytest.approx(
         want.score({"text": QUERY}, [{"text": long_doc}])[0], abs=ATOL
     )
-    # with an image, n counts its placeholder as 3 ids (vLLM expands it after truncating):
-    # the official max_length is then n - 5 - 1 + (number of image pads)
-    pads = image_out.prompt_token_ids.count(ref.image_token_id)
-    want = OfficialReranker(checkpoints["tied"], max_length=n - 6 + pads)
+    # with an image: the official max_length counts its vision tokens, so the pair is n too
+    assert len(image_out.prompt_token_ids) == n
+    want = OfficialReranker(checkpoints["tied"], max_length=n - 5)
     assert image_out.outputs.score == pytest.approx(
         want.score({"text": QUERY}, [{"image": media["odd"], "text": long_doc}])[0], abs=ATOL
     )
+
+
+def test_vision_tokens_past_max_model_len_are_cut_officially(llm, checkpoints) -> None:
+    """Text that fits, images that push the pair past max_model_len (1024 here): cut the
+    official way rather than rejected, whether the cut is only the document's text tail or
+    reaches the query, moving the image placeholders."""
+    from reference import OfficialReranker
+
+    big = image(800, 800, 7)  # 625 vision tokens
+    long_text = " ".join(["many words about a city"] * 35)  # ~420 tokens
+    outs = llm.score(
+        [QUERY, long_text],
+        [{"content": [img(big), txt(long_text)]}, {"content": [img(big)]}],
+    )
+    assert [len(o.prompt_token_ids) for o in outs] == [1024, 1024]
+    want = OfficialReranker(checkpoints["tied"], max_length=1024 - 5)
+    expected = [
+        want.score({"text": QUERY}, [{"image": big, "text": long_text}])[0],
+        want.score({"text": long_text}, [{"image": big}])[0],
+    ]
+    assert _scores(outs) == pytest.approx(expected, abs=ATOL)
 
 
 # ---- online: vllm serve, prefix caching on -----------------------------------------------------

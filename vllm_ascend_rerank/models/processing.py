@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from transformers.models.qwen3_vl import Qwen3VLVideoProcessor
+from vllm.inputs import MultiModalInput
 from vllm.model_executor.models.qwen3_vl import (
     Qwen3VLDummyInputsBuilder,
     Qwen3VLMultiModalProcessor,
@@ -20,6 +21,7 @@ from vllm.model_executor.models.qwen3_vl import (
 from vllm.multimodal.parse import ImageSize, MultiModalDataItems
 from vllm.multimodal.processing.processor import HFMultiModalInputs
 
+from vllm_ascend_rerank import truncation
 from vllm_ascend_rerank.compat import qwen3_vl_video_kwargs
 from vllm_ascend_rerank.multimodal import (
     FRAME_FACTOR,
@@ -95,6 +97,21 @@ class RerankMultiModalProcessor(Qwen3VLMultiModalProcessor):
     @staticmethod
     def _expands_only_video_token(hf_processor: Any) -> bool:
         return False
+
+    def apply(self, inputs: Any, timing_ctx: Any) -> MultiModalInput:
+        # Official truncation counts vision tokens, which exist only from here on.
+        out = super().apply(inputs, timing_ctx)
+        ids = out["prompt_token_ids"]
+        limit = len(inputs.prompt) if truncation.was_cut(inputs.prompt) else None
+        max_len = self.info.ctx.model_config.max_model_len
+        if limit is None and len(ids) > max_len and truncation.is_reranker_prompt(ids):
+            limit = max_len
+        if limit is None or len(ids) <= limit:
+            return out
+        special = set(self.info.get_tokenizer().all_special_ids)
+        ids, placeholders = truncation.cut_expanded(ids, out["mm_placeholders"], special, limit)
+        out["prompt_token_ids"], out["mm_placeholders"] = ids, placeholders
+        return out
 
     def _get_hf_mm_inputs(
         self, mm_items: MultiModalDataItems, hf_kwargs: Mapping[str, object]
