@@ -24,6 +24,10 @@ alike. Ratios are taken within the run.
     python benchmarks/bench_rerank.py --quick             # smoke run, small sizes
     python benchmarks/bench_rerank.py --dtype float32 --scenario short-long --skip-online
     python benchmarks/bench_rerank.py --scenario every-token --profile   # + op profile
+    VLLM_ASCEND_RERANK_CPU_LINEAR=torch python benchmarks/bench_rerank.py  # plain F.linear
+
+The plugin's engines run its defaults (C++ attention, oneDNN linear layers with prepacked
+weights); plugin variables set in the environment reach them, e.g. to time ``F.linear``.
 """
 
 from __future__ import annotations
@@ -204,31 +208,6 @@ def matmul_rate(
             cpus.append(time.process_time() - cpu)
         out[name] = (flops / statistics.median(walls), flops / statistics.median(cpus))
     return out
-
-
-def _onednn_linear(worker: Any, on: bool) -> int:
-    """Experiment, inside the engine process: run every unquantized linear layer through
-    oneDNN with a prepacked weight (``on``) or through vLLM's default ``F.linear``."""
-    import torch
-    from vllm.model_executor.layers.linear import UnquantizedLinearMethod
-
-    switched = 0
-    for layer in worker.model_runner.model.modules():
-        method = getattr(layer, "quant_method", None)
-        if not isinstance(method, UnquantizedLinearMethod) or layer.weight.dim() != 2:
-            continue
-        if not hasattr(method, "_bench_default_gemm"):
-            method._bench_default_gemm = method._gemm_impl
-            rows = worker.vllm_config.scheduler_config.max_num_batched_tokens
-            layer._bench_packed = torch.ops.mkldnn._reorder_linear_weight(layer.weight, rows)
-        method._gemm_impl = (
-            (lambda lyr, x, w, b: torch.ops.mkldnn._linear_pointwise(
-                x, lyr._bench_packed, b, "none", [], ""))
-            if on
-            else method._bench_default_gemm
-        )  # fmt: skip
-        switched += 1
-    return switched
 
 
 def _matmul_in_worker(worker: Any, shapes: list, dtype_name: str, rows: int) -> tuple:
@@ -830,16 +809,6 @@ def _shared_prefix(
         raise AssertionError(f"prefix caching changed the scores by {diff:.2e} ({dtype})")
 
 
-def _then_call(run: Callable[[], list[float]], after: Callable[[], object]) -> Callable:
-    def wrapped() -> list[float]:
-        try:
-            return run()
-        finally:
-            after()
-
-    return wrapped
-
-
 def _then(run: Callable[[], list[float]], out: dict, key: str, engine: Offline) -> Callable:
     """``run``, then note how many tokens the engine computed (prefix cache hits excluded)."""
 
@@ -873,22 +842,10 @@ def _every_token(ctx: Context, dtype: str, w: Workload, off: Offline) -> None:
 
     m.run = run
     methods = [m, Method("matmul", matmul, lambda: [], 0, 0)]
-    if a.onednn_linear:  # experiment: the same engine with oneDNN GEMMs for this pass only
-        exp = offline_method("PC off, oneDNN linear*", off, w)
-        exp.before = lambda: (off.reset(), off.llm.collective_rpc(_onednn_linear, args=(True,)))
-        exp.run = _then_call(exp.run, lambda: off.llm.collective_rpc(_onednn_linear, args=(False,)))
-        methods.append(exp)
     rounds(ctx, f"{dtype} every-token", methods)
     if any(h["tokens"] != tokens for h in hooks):  # the FLOP count assumes these tokens
         ctx.notes.append(f"{dtype} every-token: engine computed {hooks[0]['tokens']} tokens")
     ctx.add("every-token", dtype, m)
-    if a.onednn_linear:
-        ctx.add("every-token", dtype, methods[-1])
-        ctx.notes.append(
-            f"{dtype} every-token, *experiment (--onednn-linear): the engine's linear layers "
-            "switched to prepacked oneDNN GEMMs for that pass; max |score diff| vs F.linear "
-            f"{max_diff(m.scores, methods[-1].scores):.1e}"
-        )
     med = lambda key: statistics.median(h[key] for h in hooks)  # noqa: E731
     wall, fwd, fwd_cpu = statistics.median(m.walls), med("forward_s"), med("forward_cpu_s")
     fwd_rate, fwd_rate_cpu = flops / fwd, flops / fwd_cpu
@@ -1096,11 +1053,6 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--max-model-len", type=int, default=2048)
     p.add_argument("--bench-prompts", type=int, default=None, help="default 200 (quick 20)")
     p.add_argument("--startup-repeats", type=int, default=None, help="default 3 (quick 1)")
-    p.add_argument(
-        "--onednn-linear",
-        action="store_true",
-        help="every-token: also time the engine with prepacked oneDNN GEMMs (experiment)",
-    )
     p.add_argument("--profile", action="store_true", help="torch.profiler table (every-token)")
     p.add_argument("--json", default=None, help="also write the results to this file")
     a = p.parse_args()

@@ -21,8 +21,8 @@ from vllm_ascend_rerank.serving import (  # noqa: F401 - HF_OVERRIDES, free_port
     reranker_serve_args,
 )
 
-# Engines run the shipped default (the C++ attention when built); tests that need the
-# pure-torch path say so with ``attn_impl``.
+# Engines run the shipped default (the C++ attention when built, oneDNN linear layers); tests
+# that need the pure-torch path say so with ``pure_torch``.
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,17 +73,25 @@ def reference_factory():
 
 
 @contextlib.contextmanager
-def attn_impl(name: str) -> Iterator[None]:
-    """Engines created inside run this attention implementation (inherited by spawn)."""
-    old = os.environ.get("VLLM_ASCEND_RERANK_ATTN_IMPL")
-    os.environ["VLLM_ASCEND_RERANK_ATTN_IMPL"] = name
+def plugin_env(**values: str) -> Iterator[None]:
+    """Engines created inside see these plugin variables (inherited by spawn)."""
+    old = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
     try:
         yield
     finally:
-        if old is None:
-            del os.environ["VLLM_ASCEND_RERANK_ATTN_IMPL"]
-        else:
-            os.environ["VLLM_ASCEND_RERANK_ATTN_IMPL"] = old
+        for name, value in old.items():
+            if value is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = value
+
+
+def pure_torch() -> contextlib.AbstractContextManager[None]:
+    """The pure-torch reference kernels: attention and plain ``F.linear``."""
+    return plugin_env(
+        VLLM_ASCEND_RERANK_ATTN_IMPL="torch", VLLM_ASCEND_RERANK_CPU_LINEAR="torch"
+    )
 
 
 def make_llm(model: Path, **kwargs):

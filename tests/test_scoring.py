@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import ATOL, attn_impl, close_llm, make_llm, make_pairs
+from conftest import ATOL, close_llm, make_llm, make_pairs, pure_torch
 
 
 def _scores(outputs) -> list[float]:
@@ -85,8 +85,8 @@ def test_per_request_instruction(llm_tied, checkpoints, reference_factory) -> No
 @pytest.fixture(scope="module")
 def llm_untied_no_prefix_small_chunks(checkpoints):
     # 32-token chunks force every prompt (system prompt alone is ~40 tokens) to be split;
-    # this engine also covers the pure-torch reference attention end to end.
-    with attn_impl("torch"):
+    # this engine also covers the pure-torch reference kernels (attention, F.linear) end to end.
+    with pure_torch():
         llm = make_llm(
             checkpoints["untied"],
             enable_prefix_caching=False,

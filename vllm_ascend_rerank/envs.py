@@ -30,6 +30,12 @@ _ENV: dict[str, Callable[[], Any]] = {
     "VLLM_ASCEND_RERANK_CPU_KV_CACHE_MB": lambda: _int_or_none(
         "VLLM_ASCEND_RERANK_CPU_KV_CACHE_MB"
     ),
+    # CPU reference mode: how linear layers multiply: "auto" (oneDNN with weights prepacked
+    # once, when torch has oneDNN; else torch), "onednn" (error without it) or "torch"
+    # (``F.linear`` on the stored weight, vLLM's default on a non-CPU platform).
+    "VLLM_ASCEND_RERANK_CPU_LINEAR": lambda: os.getenv(
+        "VLLM_ASCEND_RERANK_CPU_LINEAR", "auto"
+    ).lower(),
     # Token counts for which ACL graphs are captured, comma separated ("" = derived
     # from the scheduler's token budget).
     "VLLM_ASCEND_RERANK_GRAPH_SIZES": lambda: os.getenv("VLLM_ASCEND_RERANK_GRAPH_SIZES", ""),

@@ -65,7 +65,25 @@ class RerankCPUWorker(CPUWorker):
         threads = torch.get_num_threads()
         super().load_model()
         torch._C.set_num_threads(threads)  # CPUWorker hides torch.set_num_threads
-        logger.info("CPU reference mode: %d torch threads", torch.get_num_threads())
+        linear = self._prepack_linears()
+        logger.info("CPU reference mode: %d torch threads, linear layers: %s", threads, linear)
+
+    def _prepack_linears(self) -> str:
+        from vllm_ascend_rerank import envs
+        from vllm_ascend_rerank.ops import cpu_linear
+
+        wanted = envs.VLLM_ASCEND_RERANK_CPU_LINEAR
+        if wanted not in ("auto", "onednn", "torch"):
+            raise ValueError(
+                f"VLLM_ASCEND_RERANK_CPU_LINEAR must be auto, onednn or torch; got {wanted!r}"
+            )
+        if wanted == "torch" or (wanted == "auto" and not cpu_linear.onednn_available()):
+            return "F.linear"
+        if not cpu_linear.onednn_available():
+            raise RuntimeError("VLLM_ASCEND_RERANK_CPU_LINEAR=onednn: torch has no oneDNN")
+        rows = self.vllm_config.scheduler_config.max_num_batched_tokens
+        n = cpu_linear.prepack_linears(self.model_runner.get_model(), rows)
+        return f"oneDNN, {n} prepacked"
 
 
 class RerankNPUWorker(Worker):
