@@ -979,7 +979,8 @@ def report(ctx: Context) -> None:
     print("\n" + "=" * 100)
     print(
         f"checkpoint {ctx.checkpoint.name} (make_tiny_checkpoint(hidden_size={s.hidden}, "
-        f"num_layers={s.layers}), random weights): {s.heads} heads / {s.kv_heads} kv heads x "
+        f"num_layers={s.layers}, head_dim={s.head_dim}, intermediate_size={s.intermediate}), "
+        "random weights): {s.heads} heads / {s.kv_heads} kv heads x "
         f"{s.head_dim}, intermediate {s.intermediate}, {s.linear_params / 1e6:.1f}M linear params "
         f"per token; torch threads {torch.get_num_threads()}; attention kernels "
         f"{os.environ.get('VLLM_ASCEND_RERANK_ATTN_IMPL', 'auto')}; load average during rounds "
@@ -1044,6 +1045,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=4, help="online clients")
     p.add_argument("--hidden-size", type=int, default=None, help="default 768 (quick 128)")
     p.add_argument("--num-layers", type=int, default=None, help="default 6 (quick 2)")
+    p.add_argument("--head-dim", type=int, default=None, help="default 128 (quick 32)")
+    p.add_argument(
+        "--intermediate-size", type=int, default=None, help="MLP width, default 3 x hidden"
+    )
     p.add_argument("--queries", type=int, default=None, help="scenario (i) queries (default 4)")
     p.add_argument("--shared-query-tokens", type=int, default=256)
     p.add_argument("--shared-doc-tokens", type=int, default=64)
@@ -1061,6 +1066,8 @@ def parse_args() -> argparse.Namespace:
     a.repeats = a.repeats or (1 if q else 3)
     a.hidden_size = a.hidden_size or (128 if q else 768)
     a.num_layers = a.num_layers or (2 if q else 6)
+    a.head_dim = a.head_dim or (32 if q else 128)
+    a.intermediate_size = a.intermediate_size or 3 * a.hidden_size
     a.queries = a.queries or (2 if q else 4)
     a.startup_repeats = a.startup_repeats or (1 if q else 3)
     a.bench_prompts = a.bench_prompts or (20 if q else 200)
@@ -1077,10 +1084,18 @@ def main() -> None:
     from vllm_ascend_rerank.tiny_checkpoint import make_tiny_checkpoint
 
     scenarios = list(SCENARIOS) if "all" in args.scenario else args.scenario
-    checkpoint = REPO / ".cache" / f"bench-h{args.hidden_size}-l{args.num_layers}"
+    checkpoint = REPO / ".cache" / (
+        f"bench-h{args.hidden_size}-l{args.num_layers}-d{args.head_dim}-i{args.intermediate_size}"
+    )
     if not (checkpoint / "config.json").exists():
         log(f"making checkpoint {checkpoint} (random weights, once)")
-        make_tiny_checkpoint(checkpoint, hidden_size=args.hidden_size, num_layers=args.num_layers)
+        make_tiny_checkpoint(
+            checkpoint,
+            hidden_size=args.hidden_size,
+            num_layers=args.num_layers,
+            head_dim=args.head_dim,
+            intermediate_size=args.intermediate_size,
+        )
     ctx = Context(
         args, checkpoint, LMShape.of(checkpoint), AutoTokenizer.from_pretrained(checkpoint)
     )

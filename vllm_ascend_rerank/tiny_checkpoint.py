@@ -200,17 +200,25 @@ TOKENIZER_CONFIG = {
 
 
 def tiny_config(
-    vocab_size: int, token_ids: dict[str, int], *, tied: bool, hidden_size: int, num_layers: int
+    vocab_size: int,
+    token_ids: dict[str, int],
+    *,
+    tied: bool,
+    hidden_size: int,
+    num_layers: int,
+    head_dim: int = 16,
+    intermediate_size: int | None = None,
 ):
     """A Qwen3VLConfig shaped like Qwen3-VL-2B/8B's, shrunk."""
     from transformers import Qwen3VLConfig
 
-    head_dim = 16
+    pairs = head_dim // 2  # rotary pairs, split t/h/w as the real [24, 20, 20] of 64
+    hw = pairs * 20 // 64
     text_config = {
         "model_type": "qwen3_vl_text",
         "vocab_size": vocab_size,
         "hidden_size": hidden_size,
-        "intermediate_size": 2 * hidden_size,
+        "intermediate_size": intermediate_size or 2 * hidden_size,
         "num_hidden_layers": num_layers,
         "num_attention_heads": hidden_size // head_dim,
         "num_key_value_heads": max(1, hidden_size // head_dim // 2),
@@ -228,7 +236,7 @@ def tiny_config(
         "rope_parameters": {
             "rope_type": "default",
             "rope_theta": 5000000.0,
-            "mrope_section": [4, 2, 2],
+            "mrope_section": [pairs - 2 * hw, hw, hw],
             "mrope_interleaved": True,
         },
         "dtype": "float32",
@@ -270,19 +278,28 @@ def make_tiny_checkpoint(
     hidden_size: int = 64,
     num_layers: int = 2,
     vocab_extra: int = 64,
+    head_dim: int = 16,
+    intermediate_size: int | None = None,
 ) -> pathlib.Path:
     """Write a tiny Qwen3-VL reranker checkpoint to `out_dir` and return its path.
 
     tied: share lm_head with embed_tokens (Qwen3-VL-Reranker-2B) or not (-8B).
-    hidden_size: a multiple of 32 (heads of 16 dims, half as many KV heads).
+    hidden_size: a multiple of 2 * head_dim (hidden_size / head_dim query heads, half as many
+    KV heads). head_dim: 16 by default, 128 in the real models. intermediate_size: the MLP
+    width, 2 * hidden_size by default (the real models: 3 * hidden_size).
     vocab_extra: unused embedding rows past the last tokenizer id (the real table has
     151,936 rows for 151,669 tokens).
     """
     import torch
     from transformers import Qwen3VLForConditionalGeneration
 
-    if hidden_size % 32 or num_layers < 1:
-        raise ValueError("hidden_size must be a multiple of 32 and num_layers >= 1")
+    if head_dim < 16 or head_dim % 16:
+        raise ValueError(f"head_dim must be a multiple of 16, got {head_dim}")
+    if hidden_size % (2 * head_dim) or num_layers < 1:
+        raise ValueError(
+            f"hidden_size must be a multiple of 2 * head_dim ({2 * head_dim}) and "
+            f"num_layers >= 1; got hidden_size={hidden_size}, num_layers={num_layers}"
+        )
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -290,7 +307,13 @@ def make_tiny_checkpoint(
     token_ids = {t: tok.token_to_id(t) for t in SPECIAL_TOKENS}
     vocab_size = tok.get_vocab_size(with_added_tokens=True) + vocab_extra
     config = tiny_config(
-        vocab_size, token_ids, tied=tied, hidden_size=hidden_size, num_layers=num_layers
+        vocab_size,
+        token_ids,
+        tied=tied,
+        hidden_size=hidden_size,
+        num_layers=num_layers,
+        head_dim=head_dim,
+        intermediate_size=intermediate_size,
     )
 
     torch.manual_seed(seed)
