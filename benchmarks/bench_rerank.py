@@ -980,10 +980,11 @@ def report(ctx: Context) -> None:
     print(
         f"checkpoint {ctx.checkpoint.name} (make_tiny_checkpoint(hidden_size={s.hidden}, "
         f"num_layers={s.layers}, head_dim={s.head_dim}, intermediate_size={s.intermediate}), "
-        "random weights): {s.heads} heads / {s.kv_heads} kv heads x "
-        f"{s.head_dim}, intermediate {s.intermediate}, {s.linear_params / 1e6:.1f}M linear params "
-        f"per token; torch threads {torch.get_num_threads()}; attention kernels "
-        f"{os.environ.get('VLLM_ASCEND_RERANK_ATTN_IMPL', 'auto')}; load average during rounds "
+        f"random weights): {s.heads} heads / {s.kv_heads} kv heads, "
+        f"{s.linear_params / 1e6:.1f}M linear params per token; torch threads "
+        f"{torch.get_num_threads()}; attention kernels "
+        f"{os.environ.get('VLLM_ASCEND_RERANK_ATTN_IMPL', 'auto')}, linear layers "
+        f"{os.environ.get('VLLM_ASCEND_RERANK_CPU_LINEAR', 'auto')}; load average during rounds "
         + (f"{min(ctx.loads):.1f}..{max(ctx.loads):.1f}" if ctx.loads else "n/a")
         + f" on {os.cpu_count()} CPUs"
     )
