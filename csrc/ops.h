@@ -21,6 +21,10 @@ void compute_slot_mapping_cpu(const at::Tensor& query_start_loc, const at::Tenso
                               const at::Tensor& block_table, int64_t block_size,
                               at::Tensor& slot_mapping);
 
+at::Tensor rms_norm_cpu(const at::Tensor& x, const at::Tensor& weight, double epsilon);
+void fused_add_rms_norm_cpu(at::Tensor& x, at::Tensor& residual, const at::Tensor& weight,
+                            double epsilon);
+
 #if defined(VLLM_ASCEND_RERANK_BUILD_ASCEND)
 // PrivateUse1 (torch_npu) implementations, csrc/ascend/.
 void write_kv_npu(const at::Tensor& key, const at::Tensor& value, at::Tensor& kv_cache,

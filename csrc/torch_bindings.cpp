@@ -24,6 +24,13 @@ TORCH_LIBRARY(vllm_ascend_rerank, m) {
   m.def(
       "compute_slot_mapping(Tensor query_start_loc, Tensor positions, Tensor block_table, "
       "int block_size, Tensor(a!) slot_mapping) -> ()");
+  // RMSNorm over the last dim (unit stride), with the semantics of vLLM's IR op rms_norm:
+  // fp32 sums, the normalized row rounded to x's dtype, then times weight (x's dtype).
+  m.def("rms_norm(Tensor x, Tensor weight, float epsilon) -> Tensor");
+  // residual <- x + residual (rounded to x's dtype); x <- rms_norm of the fp32 sum.
+  m.def(
+      "fused_add_rms_norm(Tensor(a!) x, Tensor(b!) residual, Tensor weight, float epsilon) "
+      "-> ()");
 }
 
 namespace {

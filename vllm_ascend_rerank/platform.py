@@ -17,6 +17,7 @@ from vllm_ascend_rerank import device, envs
 
 if TYPE_CHECKING:
     from vllm.config import VllmConfig
+    from vllm.config.kernel import IrOpPriorityConfig
     from vllm.v1.attention.backends.registry import AttentionBackendEnum
     from vllm.v1.attention.selector import AttentionSelectorConfig
 
@@ -117,6 +118,20 @@ class AscendRerankPlatform(Platform):
         return True
 
     # ---- kernels and backends ----------------------------------------------
+    @classmethod
+    def get_default_ir_op_priority(cls, vllm_config: VllmConfig) -> IrOpPriorityConfig:
+        from vllm.config.kernel import IrOpPriorityConfig
+
+        from vllm_ascend_rerank.ops import cpu_norm
+
+        if not cpu_norm.wanted():
+            return super().get_default_ir_op_priority(vllm_config)
+        cpu_norm.register()  # the priority may only name registered providers
+        ours = [cpu_norm.PROVIDER, "native"]
+        return IrOpPriorityConfig.with_default(
+            ["native"], rms_norm=ours, fused_add_rms_norm=ours
+        )
+
     @classmethod
     def register_triton_kernel_overrides(cls) -> None:
         from vllm.triton_utils import HAS_TRITON
