@@ -76,39 +76,82 @@ void check_args(const at::Tensor& x, const at::Tensor& weight, const char* op) {
 
 constexpr int64_t kGrain = 16;  // rows per parallel task
 
-// out <- rms_norm(x [+ residual]); with a residual, residual <- x + residual (x's dtype).
+// Rows [begin, end): out <- rms_norm(x [+ residual]); with a residual, residual <- x +
+// residual (x's dtype). Inlined into each instruction-set clone below.
+template <typename C>
+__attribute__((always_inline)) inline void norm_range(
+    int64_t begin, int64_t end, const typename C::T* x, const Rows& xrows, typename C::T* out,
+    const Rows* orows, typename C::T* residual, const Rows* rrows, const typename C::T* weight,
+    int64_t n, float eps, float* b) {
+  using T = typename C::T;
+  for (int64_t r = begin; r < end; ++r) {
+    const T* xr = x + xrows.offset(r);
+    float ss = 0.0f;
+    if (residual != nullptr) {
+      T* rr = residual + rrows->offset(r);
+#pragma omp simd reduction(+ : ss)
+      for (int64_t i = 0; i < n; ++i) {
+        b[i] = C::load(xr[i]) + C::load(rr[i]);
+        rr[i] = C::store(b[i]);
+        ss += b[i] * b[i];
+      }
+    } else {
+#pragma omp simd reduction(+ : ss)
+      for (int64_t i = 0; i < n; ++i) {
+        b[i] = C::load(xr[i]);
+        ss += b[i] * b[i];
+      }
+    }
+    const float inv = 1.0f / std::sqrt(ss / static_cast<float>(n) + eps);
+    T* o = out + (orows != nullptr ? orows->offset(r) : r * n);
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i)
+      o[i] = C::store(C::load(C::store(b[i] * inv)) * C::load(weight[i]));
+  }
+}
+
+// One clone per instruction set, picked when the library loads (GCC/Clang function
+// multiversioning): the same code, vectorized as wide as the CPU allows.
+#if defined(__x86_64__) && defined(__GNUC__)
+#define NORM_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define NORM_CLONES
+#endif
+
+NORM_CLONES void norm_range_f32(int64_t begin, int64_t end, const float* x, const Rows& xrows,
+                                float* out, const Rows* orows, float* residual,
+                                const Rows* rrows, const float* weight, int64_t n, float eps,
+                                float* b) {
+  norm_range<F32>(begin, end, x, xrows, out, orows, residual, rrows, weight, n, eps, b);
+}
+
+NORM_CLONES void norm_range_bf16(int64_t begin, int64_t end, const uint16_t* x,
+                                 const Rows& xrows, uint16_t* out, const Rows* orows,
+                                 uint16_t* residual, const Rows* rrows, const uint16_t* weight,
+                                 int64_t n, float eps, float* b) {
+  norm_range<BF16>(begin, end, x, xrows, out, orows, residual, rrows, weight, n, eps, b);
+}
+
+inline void norm_range_any(F32, int64_t begin, int64_t end, const float* x, const Rows& xrows,
+                           float* out, const Rows* orows, float* residual, const Rows* rrows,
+                           const float* weight, int64_t n, float eps, float* b) {
+  norm_range_f32(begin, end, x, xrows, out, orows, residual, rrows, weight, n, eps, b);
+}
+inline void norm_range_any(BF16, int64_t begin, int64_t end, const uint16_t* x,
+                           const Rows& xrows, uint16_t* out, const Rows* orows,
+                           uint16_t* residual, const Rows* rrows, const uint16_t* weight,
+                           int64_t n, float eps, float* b) {
+  norm_range_bf16(begin, end, x, xrows, out, orows, residual, rrows, weight, n, eps, b);
+}
+
 template <typename C>
 void norm_rows(const typename C::T* x, const Rows& xrows, typename C::T* out,
                const Rows* orows, typename C::T* residual, const Rows* rrows,
                const typename C::T* weight, int64_t n, float eps) {
-  using T = typename C::T;
   at::parallel_for(0, xrows.count, kGrain, [&](int64_t begin, int64_t end) {
     std::vector<float> buf(n);
-    float* b = buf.data();
-    for (int64_t r = begin; r < end; ++r) {
-      const T* xr = x + xrows.offset(r);
-      float ss = 0.0f;
-      if (residual != nullptr) {
-        T* rr = residual + rrows->offset(r);
-#pragma omp simd reduction(+ : ss)
-        for (int64_t i = 0; i < n; ++i) {
-          b[i] = C::load(xr[i]) + C::load(rr[i]);
-          rr[i] = C::store(b[i]);
-          ss += b[i] * b[i];
-        }
-      } else {
-#pragma omp simd reduction(+ : ss)
-        for (int64_t i = 0; i < n; ++i) {
-          b[i] = C::load(xr[i]);
-          ss += b[i] * b[i];
-        }
-      }
-      const float inv = 1.0f / std::sqrt(ss / static_cast<float>(n) + eps);
-      T* o = out + (orows != nullptr ? orows->offset(r) : r * n);
-#pragma omp simd
-      for (int64_t i = 0; i < n; ++i)
-        o[i] = C::store(C::load(C::store(b[i] * inv)) * C::load(weight[i]));
-    }
+    norm_range_any(C{}, begin, end, x, xrows, out, orows, residual, rrows, weight, n, eps,
+                   buf.data());
   });
 }
 
