@@ -25,6 +25,8 @@ at::Tensor rms_norm_cpu(const at::Tensor& x, const at::Tensor& weight, double ep
 void fused_add_rms_norm_cpu(at::Tensor& x, at::Tensor& residual, const at::Tensor& weight,
                             double epsilon);
 
+at::Tensor silu_and_mul_cpu(const at::Tensor& x);
+
 #if defined(VLLM_ASCEND_RERANK_BUILD_ASCEND)
 // PrivateUse1 (torch_npu) implementations, csrc/ascend/.
 void write_kv_npu(const at::Tensor& key, const at::Tensor& value, at::Tensor& kv_cache,

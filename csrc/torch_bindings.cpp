@@ -31,6 +31,8 @@ TORCH_LIBRARY(vllm_ascend_rerank, m) {
   m.def(
       "fused_add_rms_norm(Tensor(a!) x, Tensor(b!) residual, Tensor weight, float epsilon) "
       "-> ()");
+  // silu(x[..., :d]) * x[..., d:] with d = x.size(-1) / 2, as vLLM's SiluAndMul.
+  m.def("silu_and_mul(Tensor x) -> Tensor");
 }
 
 namespace {

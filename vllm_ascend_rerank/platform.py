@@ -122,12 +122,12 @@ class AscendRerankPlatform(Platform):
     def get_default_ir_op_priority(cls, vllm_config: VllmConfig) -> IrOpPriorityConfig:
         from vllm.config.kernel import IrOpPriorityConfig
 
-        from vllm_ascend_rerank.ops import cpu_norm
+        from vllm_ascend_rerank.ops import cpu_ops
 
-        if not cpu_norm.wanted():
+        if not cpu_ops.wanted():
             return super().get_default_ir_op_priority(vllm_config)
-        cpu_norm.register()  # the priority may only name registered providers
-        ours = [cpu_norm.PROVIDER, "native"]
+        cpu_ops.register()  # the priority may only name registered providers
+        ours = [cpu_ops.PROVIDER, "native"]
         return IrOpPriorityConfig.with_default(
             ["native"], rms_norm=ours, fused_add_rms_norm=ours
         )

@@ -22,10 +22,9 @@ def register_all() -> None:
         MODEL_ARCH,
         "vllm_ascend_rerank.models.qwen3_vl_reranker:Qwen3VLForSequenceClassification",
     )
-    from vllm_ascend_rerank.ops import cpu_norm, register_custom_ops
+    from vllm_ascend_rerank.ops import register_custom_ops
 
     register_custom_ops()
-    cpu_norm.register()
     from vllm_ascend_rerank.multimodal import register_media_connector, register_video_loader
 
     register_video_loader()

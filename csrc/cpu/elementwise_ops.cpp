@@ -1,8 +1,10 @@
-// RMSNorm kernels for the CPU reference mode: vLLM's IR ops rms_norm and fused_add_rms_norm
-// (vllm/ir/ops/layernorm.py) in one pass over each row instead of vLLM's native chain of
-// elementwise torch ops (to fp32, square, mean, rsqrt, multiply, cast, multiply, cast).
-// The arithmetic and its roundings are the native ones: sums and scaling in fp32, the
-// normalized row rounded to the input dtype before the weight multiplies it.
+// Row-wise kernels for the CPU reference mode, each one pass over a row where vLLM's native
+// path chains several elementwise torch ops, with the native arithmetic and roundings:
+//  - rms_norm / fused_add_rms_norm (vLLM's IR ops, vllm/ir/ops/layernorm.py): sums and
+//    scaling in fp32, the normalized row rounded to the input dtype before the weight
+//    multiplies it (native: to fp32, square, mean, rsqrt, multiply, cast, multiply, cast);
+//  - silu_and_mul (vLLM's SiluAndMul): silu(a) rounded to the input dtype, times b
+//    (native: F.silu(a) * b).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -110,22 +112,24 @@ __attribute__((always_inline)) inline void norm_range(
   }
 }
 
-// One clone per instruction set, picked when the library loads (GCC/Clang function
+// One clone per instruction set, picked when the library loads (GCC function
 // multiversioning): the same code, vectorized as wide as the CPU allows.
 #if defined(__x86_64__) && defined(__GNUC__)
-#define NORM_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+// x86-64-v4: AVX-512 F/BW/DQ/VL (BW for the 16-bit bf16 lanes); v3: AVX2 + FMA.
+#define ISA_CLONES \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
-#define NORM_CLONES
+#define ISA_CLONES
 #endif
 
-NORM_CLONES void norm_range_f32(int64_t begin, int64_t end, const float* x, const Rows& xrows,
+ISA_CLONES void norm_range_f32(int64_t begin, int64_t end, const float* x, const Rows& xrows,
                                 float* out, const Rows* orows, float* residual,
                                 const Rows* rrows, const float* weight, int64_t n, float eps,
                                 float* b) {
   norm_range<F32>(begin, end, x, xrows, out, orows, residual, rrows, weight, n, eps, b);
 }
 
-NORM_CLONES void norm_range_bf16(int64_t begin, int64_t end, const uint16_t* x,
+ISA_CLONES void norm_range_bf16(int64_t begin, int64_t end, const uint16_t* x,
                                  const Rows& xrows, uint16_t* out, const Rows* orows,
                                  uint16_t* residual, const Rows* rrows, const uint16_t* weight,
                                  int64_t n, float eps, float* b) {
@@ -153,6 +157,65 @@ void norm_rows(const typename C::T* x, const Rows& xrows, typename C::T* out,
     norm_range_any(C{}, begin, end, x, xrows, out, orows, residual, rrows, weight, n, eps,
                    buf.data());
   });
+}
+
+// e^x in fp32 (Cephes expf: range reduction by ln 2, degree-6 polynomial; ~1 ulp), written
+// so that loops over it vectorize. Arguments are clamped to where e^x is a normal float.
+inline float exp_f(float x) {
+  x = x < -87.3f ? -87.3f : (x > 88.3f ? 88.3f : x);
+  // n = round(x / ln 2), by truncating a positive value (floor without a libm call)
+  const int32_t k = static_cast<int32_t>(x * 1.44269504088896341f + 128.5f) - 128;
+  const float n = static_cast<float>(k);
+  float r = x - n * 0.693359375f;
+  r = r + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const uint32_t bits = static_cast<uint32_t>(k + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+
+// Rows [begin, end) of out [rows, d] <- silu(x[..., :d]) * x[..., d:].
+template <typename C>
+__attribute__((always_inline)) inline void silu_range(int64_t begin, int64_t end,
+                                                      const typename C::T* x, const Rows& xrows,
+                                                      typename C::T* out, int64_t d) {
+  using T = typename C::T;
+  for (int64_t r = begin; r < end; ++r) {
+    const T* a = x + xrows.offset(r);
+    const T* b = a + d;
+    T* o = out + r * d;
+#pragma omp simd
+    for (int64_t i = 0; i < d; ++i) {
+      const float v = C::load(a[i]);
+      o[i] = C::store(C::load(C::store(v / (1.0f + exp_f(-v)))) * C::load(b[i]));
+    }
+  }
+}
+
+ISA_CLONES void silu_range_f32(int64_t begin, int64_t end, const float* x, const Rows& xrows,
+                                float* out, int64_t d) {
+  silu_range<F32>(begin, end, x, xrows, out, d);
+}
+
+ISA_CLONES void silu_range_bf16(int64_t begin, int64_t end, const uint16_t* x,
+                                 const Rows& xrows, uint16_t* out, int64_t d) {
+  silu_range<BF16>(begin, end, x, xrows, out, d);
+}
+
+inline void silu_range_any(F32, int64_t begin, int64_t end, const float* x, const Rows& xrows,
+                           float* out, int64_t d) {
+  silu_range_f32(begin, end, x, xrows, out, d);
+}
+inline void silu_range_any(BF16, int64_t begin, int64_t end, const uint16_t* x,
+                           const Rows& xrows, uint16_t* out, int64_t d) {
+  silu_range_bf16(begin, end, x, xrows, out, d);
 }
 
 template <typename F>
@@ -198,7 +261,30 @@ void fused_add_rms_norm_cpu(at::Tensor& x, at::Tensor& residual, const at::Tenso
   });
 }
 
+at::Tensor silu_and_mul_cpu(const at::Tensor& x) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16,
+              "silu_and_mul: x must be float32 or bfloat16, got ", x.scalar_type());
+  TORCH_CHECK(x.dim() >= 1 && x.stride(-1) == 1 && x.size(-1) % 2 == 0,
+              "silu_and_mul: x must have a unit-stride last dim of even size");
+  const int64_t d = x.size(-1) / 2;
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = d;
+  at::Tensor out = at::empty(shape, x.options());
+  const Rows rows(x);
+  with_dtype(x.scalar_type(), [&](auto c) {
+    using C = decltype(c);
+    using T = typename C::T;
+    const T* xp = static_cast<const T*>(x.data_ptr());
+    T* op = static_cast<T*>(out.data_ptr());
+    at::parallel_for(0, rows.count, kGrain, [&](int64_t begin, int64_t end) {
+      silu_range_any(C{}, begin, end, xp, rows, op, d);
+    });
+  });
+  return out;
+}
+
 TORCH_LIBRARY_IMPL(vllm_ascend_rerank, CPU, m) {
+  m.impl("silu_and_mul", &silu_and_mul_cpu);
   m.impl("rms_norm", &rms_norm_cpu);
   m.impl("fused_add_rms_norm", &fused_add_rms_norm_cpu);
 }

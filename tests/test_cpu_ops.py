@@ -1,7 +1,9 @@
-"""RMSNorm C++ kernels (``vllm_ascend_rerank_cpp`` provider of vLLM's IR ops) against vLLM's
-own native implementation: same arithmetic, so fp32 agrees to rounding of the sum and bf16
-to one unit in the last place; the provider is what vLLM dispatches to under the plugin's
-CPU priority, and arguments it does not take fall back to native."""
+"""C++ row kernels of the CPU reference mode against vLLM's own native implementations: same
+arithmetic, so fp32 agrees to rounding and bf16 to one unit in the last place.
+
+RMSNorm is the ``vllm_ascend_rerank_cpp`` provider of vLLM's IR ops: what vLLM dispatches to
+under the plugin's CPU priority, native for arguments it does not take. SiluAndMul is a
+``CustomOp`` replacement: what vLLM instantiates for ``SiluAndMul`` once registered."""
 
 from __future__ import annotations
 
@@ -14,11 +16,11 @@ from vllm_ascend_rerank import native_ops
 if not native_ops.available():
     pytest.skip(f"C++ op library not built ({native_ops.load_error()})", allow_module_level=True)
 
-from vllm_ascend_rerank.ops import cpu_norm  # noqa: E402
+from vllm_ascend_rerank.ops import cpu_ops  # noqa: E402
 
-cpu_norm.register()
-OURS = ir.ops.rms_norm.impls[cpu_norm.PROVIDER]
-OURS_ADD = ir.ops.fused_add_rms_norm.impls[cpu_norm.PROVIDER]
+cpu_ops.register()
+OURS = ir.ops.rms_norm.impls[cpu_ops.PROVIDER]
+OURS_ADD = ir.ops.fused_add_rms_norm.impls[cpu_ops.PROVIDER]
 NATIVE = ir.ops.rms_norm.impls["native"]
 NATIVE_ADD = ir.ops.fused_add_rms_norm.impls["native"]
 TOL = {torch.float32: dict(atol=2e-6, rtol=2e-6), torch.bfloat16: dict(atol=1e-2, rtol=8e-3)}
@@ -63,7 +65,7 @@ def test_fused_add_rms_norm_matches_native_in_place(dtype: torch.dtype) -> None:
 
 def test_vllm_dispatches_to_the_provider_under_its_priority() -> None:
     x, w = rand(4, 64, dtype=torch.float32, seed=7), rand(64, dtype=torch.float32, seed=8)
-    with ir.ops.rms_norm.set_priority([cpu_norm.PROVIDER, "native"]):
+    with ir.ops.rms_norm.set_priority([cpu_ops.PROVIDER, "native"]):
         assert ir.ops.rms_norm.dispatch(x, w, 1e-6) is OURS
         # arguments the kernel does not take go to native: no weight, a variance override,
         # a weight of another dtype, a last dim that is not unit-stride
@@ -84,3 +86,47 @@ def test_rejects_mismatched_weight() -> None:
     x = rand(3, 64, dtype=torch.float32, seed=11)
     with pytest.raises(RuntimeError, match="weight must be contiguous"):
         torch.ops.vllm_ascend_rerank.rms_norm(x, torch.ones(32), 1e-6)
+
+
+# ---- SiluAndMul ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def silu_layer() -> cpu_ops.CpuSiluAndMul:
+    from vllm.config import VllmConfig, set_current_vllm_config
+
+    with set_current_vllm_config(VllmConfig()):  # CustomOps read it when built
+        return cpu_ops.CpuSiluAndMul()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(37, 2 * 2304), (3, 4, 256), (1, 2)])
+def test_silu_and_mul_matches_native(
+    silu_layer: cpu_ops.CpuSiluAndMul, dtype: torch.dtype, shape: tuple[int, ...]
+) -> None:
+    from vllm.model_executor.layers.activation import SiluAndMul
+
+    x = rand(*shape, dtype=dtype, seed=12)
+    ends = torch.tensor([-100.0, 100.0, 0.0, -0.0]).to(dtype)  # exp's range ends
+    x.view(-1)[: min(4, x.numel())] = ends[: x.numel()]
+    got = silu_layer.forward_oot(x)
+    want = SiluAndMul.forward_native(x)
+    assert got.shape == want.shape == (*shape[:-1], shape[-1] // 2) and got.dtype == dtype
+    torch.testing.assert_close(got, want, **TOL[dtype])
+
+
+def test_silu_and_mul_falls_back_for_what_it_does_not_take(
+    silu_layer: cpu_ops.CpuSiluAndMul,
+) -> None:
+    from vllm.model_executor.layers.activation import SiluAndMul
+
+    x = rand(8, 64, dtype=torch.float32, seed=13).t()  # last dim not unit-stride
+    torch.testing.assert_close(
+        silu_layer.forward_oot(x), SiluAndMul.forward_native(x), atol=0, rtol=0
+    )
+    with pytest.raises(RuntimeError, match="even size"):
+        torch.ops.vllm_ascend_rerank.silu_and_mul(torch.ones(2, 3))
+    torch.library.opcheck(
+        torch.ops.vllm_ascend_rerank.silu_and_mul.default,
+        (rand(5, 64, dtype=torch.float32, seed=14),),
+    )
