@@ -287,7 +287,9 @@ def _profile(worker: Any, action: str) -> dict[str, Any]:
         layer_s = worker._bench_layer_s = dict.fromkeys(_LAYER_TYPES, 0.0)
         wrapped = worker._bench_wrapped = []
         for module in worker.model_runner.model.modules():
-            kind = types.get(type(module).__name__)
+            # by the vLLM class a layer is or replaces (the plugin's CPU/NPU kernels subclass it)
+            names = (c.__name__ for c in type(module).__mro__)
+            kind = next((types[n] for n in names if n in types), None)
             if kind is None:
                 continue
 

@@ -23,9 +23,8 @@ _ENV: dict[str, Callable[[], Any]] = {
         "VLLM_ASCEND_RERANK_ATTN_IMPL", "auto"
     ).lower(),
     # Which custom-op kernels (RMSNorm, SiluAndMul, MRoPE) run: "auto" (torch_npu on an
-    # NPU; on the CPU, RMSNorm and SiluAndMul from the C++ library when built, else native
-    # torch paths),
-    # "npu" or "native" (vLLM's native torch paths everywhere).
+    # NPU; on the CPU, RMSNorm and SiluAndMul from the C++ library when built, else
+    # native torch paths), "npu" or "native" (vLLM's native torch paths everywhere).
     "VLLM_ASCEND_RERANK_OPS": lambda: os.getenv("VLLM_ASCEND_RERANK_OPS", "auto").lower(),
     # CPU reference mode: KV-cache budget in MiB. Unset = sized from the workload
     # (max model length and batch budget) rather than from 90% of RAM.
