@@ -109,8 +109,11 @@ def test_silu_and_mul_matches_native(
     x = rand(*shape, dtype=dtype, seed=12)
     ends = torch.tensor([-100.0, 100.0, 0.0, -0.0]).to(dtype)  # exp's range ends
     x.view(-1)[: min(4, x.numel())] = ends[: x.numel()]
-    got = silu_layer.forward_oot(x)
+    got = torch.ops.vllm_ascend_rerank.silu_and_mul(x)
     want = SiluAndMul.forward_native(x)
+    # the layer runs the kernel for float32 and vLLM's native path for bfloat16
+    layer_out = silu_layer.forward_oot(x)
+    torch.testing.assert_close(layer_out, got if dtype == torch.float32 else want, atol=0, rtol=0)
     assert got.shape == want.shape == (*shape[:-1], shape[-1] // 2) and got.dtype == dtype
     torch.testing.assert_close(got, want, **TOL[dtype])
 

@@ -117,13 +117,15 @@ def _register_fakes() -> None:
 
 
 class CpuSiluAndMul(SiluAndMul):
-    """silu(x[..., :d]) * x[..., d:] in one pass (C++), for float32 / bfloat16 rows whose last
-    dim is unit-stride; anything else through vLLM's native path."""
+    """silu(x[..., :d]) * x[..., d:] in one pass (C++) for float32 rows whose last dim is
+    unit-stride; anything else through vLLM's native path. bfloat16 stays native: torch's
+    own vectorized bf16 silu and mul beat the kernel there (6.4 vs 12.7 ms for 8192 x 4608
+    on 2 AVX-512 cores; fp32: 10.1 vs 6.0 ms)."""
 
     def forward_oot(self, x: torch.Tensor) -> torch.Tensor:
         fits = (
             x.device.type == "cpu"
-            and x.dtype in _DTYPES
+            and x.dtype == torch.float32
             and x.dim() >= 1
             and x.numel() > 0
             and x.stride(-1) == 1
