@@ -430,9 +430,29 @@ def test_bad_media_is_a_clear_4xx_and_others_are_served(
         assert 400 <= r.status_code < 500, (name, r.status_code, r.text)
         message = r.json()["error"]["message"]
         assert cases[name][1] in message, (name, message)
+        # failures of a media URL name the document holding it; the other two are found
+        # after loading (vLLM's item count, the official aspect-ratio limit) and name no URL
+        if name not in ("too many images", "extreme aspect"):
+            assert message.startswith("documents[1]: "), (name, message)
     for r in good_results:
         assert r.status_code == 200, r.text
         got = {x["index"]: x["relevance_score"] for x in r.json()["results"]}
         assert got[0] == pytest.approx(expected["text+image"], abs=ATOL)
         assert got[1] == pytest.approx(expected["video"], abs=ATOL)
     assert mm_server.post("/v1/rerank", good).status_code == 200  # still serving
+
+
+def test_bad_media_in_score_names_the_input(mm_server, checkpoints, media) -> None:
+    broken = {"type": "image_url", "image_url": {"url": "data:image/png;base64,@@@@"}}
+    body = {
+        "model": model_name(checkpoints),
+        "queries": {"content": [img(media["query"]), txt("a car")]},
+        "documents": ["fine", "also fine", {"content": [txt("x"), broken]}],
+    }
+    r = mm_server.post("/v1/score", body)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["message"].startswith("documents[2]: image_url "), r.text
+    body["queries"] = {"content": [broken]}  # the query itself
+    body["documents"] = ["fine"]
+    r = mm_server.post("/v1/score", body)
+    assert r.status_code == 400 and r.json()["error"]["message"].startswith("queries: "), r.text

@@ -311,6 +311,11 @@ def register_media_connector() -> None:
                 raise media_error(url, media_io, exc) from exc
 
 
+def shown_url(url: str) -> str:
+    """How an error message names a media URL (data URLs are long)."""
+    return url if len(url) <= 80 else f"{url[:48]}...({len(url)} characters)"
+
+
 def media_error(url: str, media_io: object, exc: Exception) -> Exception:
     """A 4xx error for a media item that could not be loaded, naming it."""
     import asyncio
@@ -325,7 +330,7 @@ def media_error(url: str, media_io: object, exc: Exception) -> Exception:
 
     kind = type(media_io).__name__.removesuffix("MediaIO").lower() or "media"
     parameter = f"{kind}_url"
-    shown = url if len(url) <= 80 else f"{url[:48]}...({len(url)} characters)"
+    shown = shown_url(url)
     reason = str(exc) or type(exc).__name__
     if isinstance(exc, VLLMClientError):
         reason = reason.split(" (parameter=")[0]

@@ -18,6 +18,7 @@ from vllm_ascend_rerank import device, envs
 if TYPE_CHECKING:
     from vllm.config import VllmConfig
     from vllm.config.kernel import IrOpPriorityConfig
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
     from vllm.v1.attention.backends.registry import AttentionBackendEnum
     from vllm.v1.attention.selector import AttentionSelectorConfig
 
@@ -116,6 +117,18 @@ class AscendRerankPlatform(Platform):
     @classmethod
     def use_all_gather(cls) -> bool:
         return True
+
+    @classmethod
+    def pre_register_and_update(cls, parser: FlexibleArgumentParser | None = None) -> None:
+        # vllm serve: bad-media errors name the document (middleware.py). --middleware is
+        # registered before this hook runs; a user's values are appended to this default.
+        if parser is None:
+            return
+        from vllm_ascend_rerank import middleware
+
+        current = parser.get_default("middleware")
+        if isinstance(current, list) and middleware.PATH not in current:
+            parser.set_defaults(middleware=[*current, middleware.PATH])
 
     # ---- kernels and backends ----------------------------------------------
     @classmethod
