@@ -233,12 +233,15 @@ def test_truncation_keeps_closing_turn_and_media(llm, media, ref, checkpoints) -
 
     long_doc = " ".join(["many words about a city"] * 60)
     n = 150
+    image_doc = {"content": [img(media["odd"]), txt(long_doc)]}
     outs = llm.score(
         QUERY,
-        [long_doc, {"content": [img(media["odd"]), txt(long_doc)]}],
+        [long_doc, image_doc, image_doc],  # the same pair twice: each is cut the same way
         tokenization_kwargs={"truncate_prompt_tokens": n},
     )
-    text_out, image_out = outs
+    text_out, image_out, again = outs
+    assert again.prompt_token_ids == image_out.prompt_token_ids
+    assert again.outputs.score == pytest.approx(image_out.outputs.score, abs=1e-6)  # batch position
     assert len(text_out.prompt_token_ids) == n
     closing = ref.tokenizer.encode("<|im_end|>\n<|im_start|>assistant\n")
     assert text_out.prompt_token_ids[-5:] == closing == image_out.prompt_token_ids[-5:]

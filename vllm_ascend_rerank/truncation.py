@@ -49,9 +49,10 @@ KEEP_TAIL = 5  # the closing turn's ids, as the official scorer counts them
 # Tokenizers of the reranker models configured in this process (usually one).
 _TOKENIZERS: dict[tuple[str, str | None, str, bool], None] = {}
 
-# Prompts the hook cut (by content), until the multimodal processor expands them; bounded, as
-# text-only prompts never reach the processor.
-_CUT: OrderedDict[tuple[int, ...], None] = OrderedDict()
+# Prompts the hook cut (by content, with how many are pending: the same pair may be in flight
+# several times), until the multimodal processor expands them; bounded, as text-only prompts
+# never reach the processor.
+_CUT: OrderedDict[tuple[int, ...], int] = OrderedDict()
 _CUT_MAX = 1024
 _CUT_LOCK = threading.Lock()
 
@@ -95,8 +96,10 @@ def restore_closing_turn(ids: list[int]) -> list[int] | None:
                 "official truncation keeps every vision token: allow more tokens"
             )
         cut = kept + list(closing)
+        key = tuple(cut)
         with _CUT_LOCK:
-            _CUT[tuple(cut)] = None
+            _CUT[key] = _CUT.get(key, 0) + 1
+            _CUT.move_to_end(key)
             while len(_CUT) > _CUT_MAX:
                 _CUT.popitem(last=False)
         return cut
@@ -107,9 +110,13 @@ def was_cut(ids: Sequence[int]) -> bool:
     """Whether ``restore_closing_turn`` cut this (unexpanded) prompt; forgets it."""
     key = tuple(ids)
     with _CUT_LOCK:
-        if key not in _CUT:
+        pending = _CUT.get(key, 0)
+        if pending == 0:
             return False
-        del _CUT[key]
+        if pending == 1:
+            del _CUT[key]
+        else:
+            _CUT[key] = pending - 1
         return True
 
 
