@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 from vllm import LLM
 
-from vllm_ascend_rerank.serving import HF_OVERRIDES, resolve_model
+from vllm_ascend_rerank.serving import HF_OVERRIDES, add_model_arguments, resolve_model
 
 
 def picture(h: int, w: int, color: tuple[int, int, int]) -> Image.Image:
@@ -54,8 +54,7 @@ def video_url(path: Path, seconds: int = 4, fps: int = 8) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default=None)
-    ap.add_argument("--model-dir", default=".cache/tiny-qwen3-vl-reranker")
+    add_model_arguments(ap)
     args = ap.parse_args()
     model = resolve_model(args.model, args.model_dir)
 

@@ -16,13 +16,17 @@ from pathlib import Path
 
 from multimodal_offline import image_url, picture, video_url
 
-from vllm_ascend_rerank.serving import LocalServer, reranker_serve_args, resolve_model
+from vllm_ascend_rerank.serving import (
+    LocalServer,
+    add_model_arguments,
+    reranker_serve_args,
+    resolve_model,
+)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model-dir", default=".cache/tiny-qwen3-vl-reranker")
-    ap.add_argument("--model", default=None, help="serve this checkpoint instead")
+    add_model_arguments(ap)
     ap.add_argument("--port", type=int, default=8000)
     args = ap.parse_args()
 

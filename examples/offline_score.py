@@ -11,13 +11,12 @@ import argparse
 
 from vllm import LLM
 
-from vllm_ascend_rerank.serving import HF_OVERRIDES, resolve_model
+from vllm_ascend_rerank.serving import HF_OVERRIDES, add_model_arguments, resolve_model
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default=None)
-    ap.add_argument("--model-dir", default=".cache/tiny-qwen3-vl-reranker")
+    add_model_arguments(ap)
     args = ap.parse_args()
     model = resolve_model(args.model, args.model_dir)
 

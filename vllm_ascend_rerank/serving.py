@@ -9,6 +9,7 @@ Nothing here changes how vLLM serves; it builds the documented command line, wai
 
 from __future__ import annotations
 
+import argparse
 import json
 import shlex
 import signal
@@ -29,6 +30,14 @@ HF_OVERRIDES: dict[str, Any] = {
     "is_original_qwen3_reranker": True,
 }
 DEFAULT_MODEL_DIR = ".cache/tiny-qwen3-vl-reranker"
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--model`` / ``--model-dir`` as every example takes them (see ``resolve_model``)."""
+    parser.add_argument("--model", default=None, help="use this checkpoint instead")
+    parser.add_argument(
+        "--model-dir", default=DEFAULT_MODEL_DIR, help="where the embedded tiny model is made"
+    )
 
 
 def resolve_model(model: str | None, model_dir: str = DEFAULT_MODEL_DIR) -> str:

@@ -49,9 +49,9 @@ KEEP_TAIL = 5  # the closing turn's ids, as the official scorer counts them
 # Tokenizers of the reranker models configured in this process (usually one).
 _TOKENIZERS: dict[tuple[str, str | None, str, bool], None] = {}
 
-# Prompts the hook cut (by content, with how many are pending: the same pair may be in flight
-# several times), until the multimodal processor expands them; bounded, as text-only prompts
-# never reach the processor.
+# Prompts with media the hook cut (by content, with how many are pending: the same pair may be
+# in flight several times), until the multimodal processor expands them; bounded in case a
+# request fails in between.
 _CUT: OrderedDict[tuple[int, ...], int] = OrderedDict()
 _CUT_MAX = 1024
 _CUT_LOCK = threading.Lock()
@@ -96,6 +96,8 @@ def restore_closing_turn(ids: list[int]) -> list[int] | None:
                 "official truncation keeps every vision token: allow more tokens"
             )
         cut = kept + list(closing)
+        if not any(t in inside_media for t in kept):
+            return cut  # text only: never reaches the multimodal processor, nothing to record
         key = tuple(cut)
         with _CUT_LOCK:
             _CUT[key] = _CUT.get(key, 0) + 1

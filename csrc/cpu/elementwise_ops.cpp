@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "../ops.h"
@@ -136,26 +137,19 @@ ISA_CLONES void norm_range_bf16(int64_t begin, int64_t end, const uint16_t* x,
   norm_range<BF16>(begin, end, x, xrows, out, orows, residual, rrows, weight, n, eps, b);
 }
 
-inline void norm_range_any(F32, int64_t begin, int64_t end, const float* x, const Rows& xrows,
-                           float* out, const Rows* orows, float* residual, const Rows* rrows,
-                           const float* weight, int64_t n, float eps, float* b) {
-  norm_range_f32(begin, end, x, xrows, out, orows, residual, rrows, weight, n, eps, b);
-}
-inline void norm_range_any(BF16, int64_t begin, int64_t end, const uint16_t* x,
-                           const Rows& xrows, uint16_t* out, const Rows* orows,
-                           uint16_t* residual, const Rows* rrows, const uint16_t* weight,
-                           int64_t n, float eps, float* b) {
-  norm_range_bf16(begin, end, x, xrows, out, orows, residual, rrows, weight, n, eps, b);
-}
-
 template <typename C>
 void norm_rows(const typename C::T* x, const Rows& xrows, typename C::T* out,
                const Rows* orows, typename C::T* residual, const Rows* rrows,
                const typename C::T* weight, int64_t n, float eps) {
   at::parallel_for(0, xrows.count, kGrain, [&](int64_t begin, int64_t end) {
     std::vector<float> buf(n);
-    norm_range_any(C{}, begin, end, x, xrows, out, orows, residual, rrows, weight, n, eps,
-                   buf.data());
+    if constexpr (std::is_same_v<C, F32>) {
+      norm_range_f32(begin, end, x, xrows, out, orows, residual, rrows, weight, n, eps,
+                     buf.data());
+    } else {
+      norm_range_bf16(begin, end, x, xrows, out, orows, residual, rrows, weight, n, eps,
+                      buf.data());
+    }
   });
 }
 
@@ -207,15 +201,6 @@ ISA_CLONES void silu_range_f32(int64_t begin, int64_t end, const float* x, const
 ISA_CLONES void silu_range_bf16(int64_t begin, int64_t end, const uint16_t* x,
                                  const Rows& xrows, uint16_t* out, int64_t d) {
   silu_range<BF16>(begin, end, x, xrows, out, d);
-}
-
-inline void silu_range_any(F32, int64_t begin, int64_t end, const float* x, const Rows& xrows,
-                           float* out, int64_t d) {
-  silu_range_f32(begin, end, x, xrows, out, d);
-}
-inline void silu_range_any(BF16, int64_t begin, int64_t end, const uint16_t* x,
-                           const Rows& xrows, uint16_t* out, int64_t d) {
-  silu_range_bf16(begin, end, x, xrows, out, d);
 }
 
 template <typename F>
@@ -277,7 +262,11 @@ at::Tensor silu_and_mul_cpu(const at::Tensor& x) {
     const T* xp = static_cast<const T*>(x.data_ptr());
     T* op = static_cast<T*>(out.data_ptr());
     at::parallel_for(0, rows.count, kGrain, [&](int64_t begin, int64_t end) {
-      silu_range_any(C{}, begin, end, xp, rows, op, d);
+      if constexpr (std::is_same_v<C, F32>) {
+        silu_range_f32(begin, end, xp, rows, op, d);
+      } else {
+        silu_range_bf16(begin, end, xp, rows, op, d);
+      }
     });
   });
   return out;
