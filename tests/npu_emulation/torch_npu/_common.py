@@ -1,0 +1,61 @@
+"""Shared by the emulated ops: the error type, argument checks, call counting and the trace
+written at exit (``TORCH_NPU_EMULATION_TRACE``)."""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import json
+import os
+from typing import Any
+
+import torch
+
+calls: collections.Counter[str] = collections.Counter()
+
+_HALF = (torch.float16, torch.bfloat16)
+_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
+_INT_MAX = 2147483647
+
+
+class NpuOpError(RuntimeError):
+    """What the real op raises (a RuntimeError from its parameter checks)."""
+
+
+def _check(cond: bool, op: str, msg: str) -> None:
+    if not cond:
+        raise NpuOpError(f"{op}: {msg}")
+
+
+def _count(op: str) -> None:
+    calls[op] += 1
+
+
+def _write_trace() -> None:
+    path = os.environ.get("TORCH_NPU_EMULATION_TRACE")
+    if path and calls:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"pid": os.getpid(), "calls": dict(calls)}) + "\n")
+
+
+atexit.register(_write_trace)
+
+
+def _int_list(value: Any, op: str, name: str) -> list[int]:
+    # The documented type is a host list of ints (SymInt[]).
+    _check(
+        isinstance(value, (list, tuple)) and all(isinstance(v, int) for v in value),
+        op,
+        f"{name} must be a list of int, got {type(value).__name__}",
+    )
+    return list(value)
+
+
+def _cumulative(value: list[int], op: str, name: str) -> None:
+    _check(len(value) > 0, op, f"{name} must not be empty")
+    _check(value[0] >= 0, op, f"{name} must be non-negative")
+    _check(
+        all(b >= a for a, b in zip(value, value[1:], strict=False)),
+        op,
+        f"{name} holds cumulative lengths: each value must be >= the previous one",
+    )
