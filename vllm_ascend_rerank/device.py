@@ -143,6 +143,12 @@ def manual_seed_all(seed: int) -> None:
         torch.npu.manual_seed_all(seed)  # type: ignore[attr-defined]
 
 
+def weak_ref_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """A tensor over ``tensor``'s memory that does not keep it alive (torch_npu's helper, as
+    vllm-ascend uses it): graph wrappers keep these so that the graph pool can reuse blocks."""
+    return torch_npu()._C._weak_ref_tensor(tensor)
+
+
 def empty_cache() -> None:
     if is_npu():
         torch.npu.empty_cache()  # type: ignore[attr-defined]

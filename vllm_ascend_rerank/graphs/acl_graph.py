@@ -1,12 +1,20 @@
 """ACL graphs (``torch.npu.NPUGraph``) behind vLLM's static-graph hook.
 
-vLLM 0.32 wraps each piece of a piecewise-compiled model (the parts between attention
-ops) in the platform's static graph wrapper (``get_static_graph_wrapper_cls``) and drives it
-through the forward context: the model runner pads a step's token count up to one of
-``compilation_config.cudagraph_capture_sizes`` and sets ``cudagraph_runtime_mode`` and
-``batch_descriptor``. The wrapper captures a graph the first time it sees a descriptor,
+vLLM wraps each piece of a piecewise-compiled model (the parts between attention ops) in
+the platform's static graph wrapper (``get_static_graph_wrapper_cls``) and drives it through
+the forward context: the model runner pads a step's token count up to a captured size and
+sets ``cudagraph_runtime_mode`` and ``batch_descriptor`` (``CUDAGraphMode.NONE`` for a step
+larger than every graph). The wrapper captures a graph the first time it sees a descriptor,
 replays it afterwards, and runs eagerly when the mode does not match or the size has no
-graph (a step larger than the largest capture size).
+graph.
+
+Memory (as vLLM's ``CUDAGraphWrapper`` and vllm-ascend's ``ACLGraphWrapper``): every graph
+allocates from one pool, and the wrapper keeps only *weak* references to what a capture
+returns (``torch_npu._C._weak_ref_tensor``: same memory, no ownership). Once the caller drops
+a capture's output, its blocks go back to the pool, where the next (smaller) size reuses
+them; replay rewrites the same addresses. Holding the outputs strongly would keep one set
+of outputs alive per captured size: capture memory would grow with the sum over sizes
+instead of the largest one.
 
 A reranker only prefills: what varies between steps is the number of tokens, up to
 ``max_num_batched_tokens``, not the number of requests. ``capture_sizes`` picks the graph
@@ -17,6 +25,7 @@ from __future__ import annotations
 
 import bisect
 import gc
+import weakref
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -24,11 +33,14 @@ from typing import Any, ClassVar
 from unittest.mock import patch
 
 import torch
+from vllm.compilation.counter import compilation_counter
 from vllm.compilation.cuda_graph import CUDAGraphOptions
-from vllm.compilation.monitor import validate_cudagraph_capturing_enabled
 from vllm.config import CUDAGraphMode, VllmConfig
 from vllm.forward_context import BatchDescriptor, get_forward_context, is_forward_context_available
 from vllm.logger import init_logger
+from vllm.sequence import IntermediateTensors
+
+from vllm_ascend_rerank import device
 
 logger = init_logger(f"vllm.{__name__}")  # vLLM configures only "vllm.*"
 
@@ -82,10 +94,24 @@ def padded_size(num_tokens: int, sizes: Sequence[int]) -> int | None:
     return sizes[i]
 
 
+def weak_ref_tensors(value: Any) -> Any:
+    """``value`` with every tensor replaced by a non-owning alias of its memory (tensors,
+    lists/tuples of them, ``IntermediateTensors``; anything else as is)."""
+    if isinstance(value, torch.Tensor):
+        # Empty tensors own no memory (and a data pointer of 0 cannot be aliased).
+        return device.weak_ref_tensor(value) if value.numel() > 0 else value
+    if isinstance(value, (list, tuple)):
+        return type(value)(weak_ref_tensors(v) for v in value)
+    if isinstance(value, IntermediateTensors):
+        return IntermediateTensors({k: weak_ref_tensors(v) for k, v in value.tensors.items()})
+    return value
+
+
 @dataclass
 class _Graph:
     graph: Any  # torch.npu.NPUGraph
-    output: Any  # the captured output tensors: replay rewrites them in place
+    output: Any  # weak references to the captured outputs: replay rewrites that memory
+    input_addresses: list[int]
     replays: int = 0
 
 
@@ -93,11 +119,12 @@ class ACLGraphWrapper:
     """vLLM's ``AbstractStaticGraphWrapper`` on ``torch.npu.NPUGraph``.
 
     Inputs must sit at the same addresses on every call of a descriptor (vLLM's runner
-    keeps persistent input buffers and passes slices of them). The captured outputs are
-    kept alive: each graph owns its output buffer in the shared pool.
+    keeps persistent input buffers and passes slices of them; checked at replay when
+    vLLM logs at DEBUG). Outputs returned by a replay alias graph memory: valid until
+    the next replay of a graph of the shared pool, as with vLLM's CUDA graphs.
     """
 
-    _pool: ClassVar[Any] = None  # one memory pool for all graphs: pieces run one at a time
+    _all_instances: ClassVar[weakref.WeakSet[ACLGraphWrapper]] = weakref.WeakSet()
 
     def __init__(
         self,
@@ -113,8 +140,16 @@ class ACLGraphWrapper:
         self.vllm_config = vllm_config
         self.runtime_mode = runtime_mode
         self.options = cudagraph_options or CUDAGraphOptions()
+        # After config resolution this lists the token count of every graph vLLM captures.
         self.sizes = sorted(vllm_config.compilation_config.cudagraph_capture_sizes or [])
         self.graphs: dict[BatchDescriptor, _Graph] = {}
+        self.debug = logger.isEnabledFor(10)  # logging.DEBUG
+        ACLGraphWrapper._all_instances.add(self)
+
+    @classmethod
+    def clear_all_graphs(cls) -> None:
+        for instance in list(cls._all_instances):
+            instance.clear_graphs()
 
     def __getattr__(self, key: str) -> Any:
         # Only reached for names the wrapper lacks: expose the runnable's attributes.
@@ -137,32 +172,46 @@ class ACLGraphWrapper:
         desc = ctx.batch_descriptor
         if ctx.cudagraph_runtime_mode != self.runtime_mode or desc is None:
             return self.runnable(*args, **kwargs)
-        if padded_size(desc.num_tokens, self.sizes) != desc.num_tokens:
+        if desc.num_tokens not in self.sizes:  # the runner pads to a size, or goes eager
             logger.debug("No ACL graph for %d tokens; running eagerly", desc.num_tokens)
             return self.runnable(*args, **kwargs)
         entry = self.graphs.get(desc)
         if entry is None:
             return self._capture(desc, args, kwargs)
-        if entry.replays == 0:
-            logger.debug("Replaying the ACL graph for %d tokens", desc.num_tokens)
+        if self.debug:
+            addresses = [x.data_ptr() for x in args if isinstance(x, torch.Tensor)]
+            if addresses != entry.input_addresses:
+                raise RuntimeError(
+                    f"ACL graph for {desc}: inputs moved since capture "
+                    f"({entry.input_addresses} -> {addresses})"
+                )
         entry.replays += 1
         entry.graph.replay()
         return entry.output
 
     def _capture(self, desc: BatchDescriptor, args: tuple, kwargs: dict) -> Any:
-        validate_cudagraph_capturing_enabled()
+        from vllm.platforms import current_platform
+
         npu = torch.npu  # type: ignore[attr-defined]  # installed by torch_npu
-        if ACLGraphWrapper._pool is None:
-            ACLGraphWrapper._pool = npu.graph_pool_handle()
         if self.options.debug_log_enable:
             logger.debug("Capturing an ACL graph (%s) for %s", self.runtime_mode.name, desc)
         graph = npu.NPUGraph()
         with ExitStack() as stack:
             if self.options.gc_disable:
-                # Later pieces of one model: skip the collector and cache flush per capture.
+                # Later pieces of one forward: torch.npu.graph() would collect garbage and
+                # flush the allocator's cache once per piece (slow); the first piece did.
                 stack.enter_context(patch.object(gc, "collect", lambda *a, **k: 0))
                 stack.enter_context(patch.object(npu, "empty_cache", lambda *a, **k: None))
-            stack.enter_context(npu.graph(graph, pool=ACLGraphWrapper._pool))
+            pool = current_platform.get_global_graph_pool()
+            stack.enter_context(npu.graph(graph, pool=pool))
             output = self.runnable(*args, **kwargs)
-        self.graphs[desc] = _Graph(graph, output)
+            if self.options.weak_ref_output:
+                # The last piece's output feeds no other graph: drop it before the capture
+                # ends so that its blocks are free in the pool for the next size.
+                output = weak_ref_tensors(output)
+        addresses = [x.data_ptr() for x in args if isinstance(x, torch.Tensor)]
+        self.graphs[desc] = _Graph(graph, weak_ref_tensors(output), addresses)
+        compilation_counter.num_cudagraph_captured += 1
+        # The caller gets the owning output (what it holds keeps the blocks in use while the
+        # next pieces capture); the entry keeps a weak one, freed when the caller drops it.
         return output

@@ -47,6 +47,7 @@ Layout (one module per concern; this ``__init__`` re-exports the public names an
 from __future__ import annotations
 
 import sys
+import types
 
 import torch
 
@@ -66,7 +67,13 @@ from .streams import (
     stream,
     synchronize,
 )
-from .graphs import NPUGraph, graph, graph_pool_handle, is_current_stream_capturing
+from .graphs import (
+    NPUGraph,
+    _weak_ref_tensor,
+    graph,
+    graph_pool_handle,
+    is_current_stream_capturing,
+)
 from .npu_module import _build_npu_module
 # isort: on
 
@@ -99,6 +106,10 @@ __all__ = [
 
 npu = _build_npu_module()
 sys.modules["torch_npu.npu"] = npu
+# torch_npu._C: the helpers of the real extension module that the plugin calls.
+_C = types.ModuleType("torch_npu._C")
+_C._weak_ref_tensor = _weak_ref_tensor  # type: ignore[attr-defined]
+sys.modules["torch_npu._C"] = _C
 if not hasattr(torch, "npu"):  # as the real torch_npu: torch.npu is its npu module
     torch.npu = npu  # type: ignore[attr-defined]
     sys.modules.setdefault("torch.npu", npu)
