@@ -2,8 +2,8 @@
 
 (a) each emulated op against an independent torch computation, and its argument checks;
 (b) NpuKernels against TorchKernels on paged batches (cached context, GQA, padding slots);
-(c) the npu_ops CustomOp subclasses against vLLM's forward_native;
-(d) ACLGraphWrapper: size choice, padding, real capture/replay, eager fallback.
+(c) the npu_ops CustomOp subclasses against vLLM's forward_native.
+(NPUGraph and ACLGraphWrapper: tests/test_acl_graph.py.)
 
 On a host with a real torch_npu these are skipped: tests/test_npu_hardware.py runs the same
 kernel checks on the device.
@@ -27,8 +27,7 @@ if _spec is not None and EMULATION not in pathlib.Path(_spec.origin or "").paren
 sys.path.insert(0, str(EMULATION))
 
 import torch_npu  # noqa: E402  (the emulation, from the path above)
-from vllm.config import CUDAGraphMode, VllmConfig, set_current_vllm_config  # noqa: E402
-from vllm.forward_context import BatchDescriptor, set_forward_context  # noqa: E402
+from vllm.config import VllmConfig, set_current_vllm_config  # noqa: E402
 
 from vllm_ascend_rerank.attention import reference  # noqa: E402
 from vllm_ascend_rerank.attention.backend import RerankAttentionMetadata  # noqa: E402
@@ -273,22 +272,6 @@ def test_fusion_attention_tnd_matches_sdpa() -> None:
         )
 
 
-def test_npu_graph_replays_the_captured_work() -> None:
-    x, w = torch.randn(4, 8), torch.randn(8, 8)
-    out = torch.empty(4, 8)
-    graph = torch.npu.NPUGraph()
-    with torch.inference_mode(), torch.npu.graph(graph):
-        out.copy_(torch.relu(x @ w) + 1)
-    x.copy_(torch.randn(4, 8))  # new data, same memory
-    graph.replay()
-    torch.testing.assert_close(out, torch.relu(x @ w) + 1)
-    with pytest.raises(RuntimeError, match="host synchronisation"), torch.npu.graph(
-        torch.npu.NPUGraph()
-    ):
-        (x * 2).sum().item()
-    assert not torch.npu.is_current_stream_capturing()
-
-
 # ---- (b) NpuKernels vs TorchKernels ------------------------------------------------------------
 def make_paged_batch(
     query_lens: list[int],
@@ -530,70 +513,6 @@ def test_register_swaps_layers_and_is_idempotent(ops) -> None:
     finally:
         op_registry_oot.clear()
         op_registry_oot.update(saved)
-
-
-# ---- (d) ACLGraphWrapper ----------------------------------------------------------------------
-def test_capture_sizes_and_padding() -> None:
-    from vllm_ascend_rerank.graphs.acl_graph import capture_sizes, padded_size
-
-    assert capture_sizes(8192) == [16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
-    assert capture_sizes(100) == [16, 32, 64, 100]
-    assert capture_sizes(10) == [10]
-    assert capture_sizes(4096, "512, 64,8,100000") == [8, 64, 512]
-    with pytest.raises(ValueError, match="comma separated"):
-        capture_sizes(4096, "64,abc")
-    with pytest.raises(ValueError, match="positive"):
-        capture_sizes(4096, "0,64")
-    sizes = [16, 32, 64, 100]
-    assert [padded_size(n, sizes) for n in (1, 16, 17, 64, 65, 100, 101, 0)] == [
-        16, 16, 32, 64, 100, 100, None, None,
-    ]  # fmt: skip
-
-
-class _Piece(torch.nn.Module):
-    """A stand-in for one piecewise-compiled piece: per-token, so padding rows stay apart."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.up, self.down = torch.nn.Linear(8, 32), torch.nn.Linear(16, 8)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.up(x)
-        return self.down(F.silu(h[:, :16]) * h[:, 16:]) + x
-
-
-def test_acl_graph_wrapper_captures_replays_and_falls_back(vllm_config) -> None:
-    from vllm_ascend_rerank.graphs.acl_graph import ACLGraphWrapper, padded_size
-
-    vllm_config.compilation_config.cudagraph_capture_sizes = [4, 8, 16]
-    piece = _Piece()
-    wrapper = ACLGraphWrapper(piece, vllm_config, CUDAGraphMode.PIECEWISE)
-    assert wrapper.up is piece.up  # attributes reach the runnable
-    static = torch.zeros(16, 8)  # the runner's persistent input buffer
-    torch.manual_seed(1)
-    with torch.inference_mode():
-        for step, n in enumerate([3, 7, 5, 8, 2, 20]):
-            x = torch.randn(n, 8)
-            size = padded_size(n, wrapper.sizes) or n
-            if size <= 16:
-                static[:n] = x
-                static[n:size] = 0
-                inp = static[:size]
-            else:  # larger than every graph: the runner passes its own tensor
-                inp = x
-            with set_forward_context(
-                None, vllm_config, cudagraph_runtime_mode=CUDAGraphMode.PIECEWISE,
-                batch_descriptor=BatchDescriptor(num_tokens=size),
-            ):  # fmt: skip
-                out = wrapper(inp)
-            torch.testing.assert_close(out[:n], piece(x), rtol=1e-5, atol=1e-5, msg=f"step {step}")
-    # 3 -> 4 (capture), 7 -> 8 (capture), 5 -> 8 (replay), 8 (replay), 2 -> 4 (replay), 20 eager
-    assert torch_npu.calls["NPUGraph.capture"] == 2
-    assert torch_npu.calls["NPUGraph.replay"] == 3
-    assert {d.num_tokens: g.replays for d, g in wrapper.graphs.items()} == {4: 1, 8: 2}
-    with set_forward_context(None, vllm_config):  # cudagraph mode NONE: plain eager call
-        torch.testing.assert_close(wrapper(static[:3]), piece(static[:3]))
-    assert torch_npu.calls["NPUGraph.replay"] == 3
 
 
 # ---- worker / communicator shape ----------------------------------------------------------------

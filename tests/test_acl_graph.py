@@ -1,0 +1,207 @@
+"""ACL graphs on the torch_npu emulation (tests/npu_emulation): the emulated ``NPUGraph``
+(capture records and returns garbage, replay recomputes on the captured memory) and the
+plugin's ``ACLGraphWrapper`` (padding, eager fallback, weak references to outputs).
+
+(a) and (c) run in this process with the emulated device off (CPU tensors stand in for
+device tensors). (b), graph-capture memory, needs the emulated device's allocator and pools:
+it runs in a child process with ``VLLM_ASCEND_RERANK_DEVICE=npu``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+EMULATION = pathlib.Path(__file__).parent / "npu_emulation"
+_spec = importlib.util.find_spec("torch_npu")
+if _spec is not None and EMULATION not in pathlib.Path(_spec.origin or "").parents:
+    pytest.skip("a real torch_npu is installed: see test_npu_hardware.py", allow_module_level=True)
+sys.path.insert(0, str(EMULATION))
+
+import torch_npu  # noqa: E402  (the emulation, from the path above)
+from vllm.config import CUDAGraphMode, VllmConfig  # noqa: E402
+from vllm.forward_context import BatchDescriptor, set_forward_context  # noqa: E402
+
+from vllm_ascend_rerank.graphs.acl_graph import (  # noqa: E402
+    ACLGraphWrapper,
+    capture_sizes,
+    padded_size,
+)
+
+assert getattr(torch_npu, "__emulation__", False)
+
+
+@pytest.fixture(autouse=True)
+def _calls() -> None:
+    torch_npu.calls.clear()
+
+
+@pytest.fixture
+def vllm_config(monkeypatch: pytest.MonkeyPatch) -> VllmConfig:
+    from vllm.platforms import current_platform
+
+    # In this process the platform runs CPU mode, whose torch.cpu has no graph pools: give
+    # the wrapper the emulation's, as the NPU platform would (torch.npu.graph_pool_handle).
+    monkeypatch.setattr(type(current_platform), "_global_graph_pool", torch.npu.graph_pool_handle())
+    return VllmConfig()
+
+
+def is_poison(t: torch.Tensor) -> bool:
+    return bool(t.isnan().all()) if t.is_floating_point() else bool((t == -1).all())
+
+
+# ---- (a) the emulated NPUGraph ------------------------------------------------------------------
+def test_capture_returns_garbage_and_replay_recomputes() -> None:
+    x, w = torch.randn(4, 8), torch.randn(8, 8)
+    out = torch.empty(4, 8)  # allocated before the capture: written in place by it
+    graph = torch.npu.NPUGraph()
+    with torch.inference_mode(), torch.npu.graph(graph):
+        y = torch.relu(x @ w) + 1
+        idx = torch.arange(4) * 2
+        out.copy_(y)
+    # What the capture allocated holds no result, as on the device.
+    assert is_poison(y) and is_poison(idx)
+    x.copy_(torch.randn(4, 8))  # new data, same memory
+    graph.replay()
+    want = torch.relu(x @ w) + 1
+    torch.testing.assert_close(y, want)
+    torch.testing.assert_close(out, want)
+    torch.testing.assert_close(idx, torch.arange(4) * 2)
+    x.mul_(-1)
+    graph.replay()
+    torch.testing.assert_close(out, torch.relu(x @ w) + 1)
+    assert torch_npu.calls["NPUGraph.capture"] == 1 and torch_npu.calls["NPUGraph.replay"] == 2
+
+
+def test_capture_refuses_host_sync_and_value_dependent_shapes() -> None:
+    x = torch.randn(4, 8)
+    with (
+        pytest.raises(RuntimeError, match="host synchronisation"),
+        torch.npu.graph(torch.npu.NPUGraph()),
+    ):
+        (x * 2).sum().item()
+    with pytest.raises(RuntimeError, match="data-dependent"), torch.npu.graph(torch.npu.NPUGraph()):
+        torch.nonzero(x > 0)
+    assert not torch.npu.is_current_stream_capturing()
+    with pytest.raises(RuntimeError, match="capture error mode"):
+        torch.npu.NPUGraph().capture_begin(capture_error_mode="strict")
+
+
+def test_graph_api_follows_the_pinned_torch_npu() -> None:
+    import inspect
+
+    sig = inspect.signature(torch.npu.graph)
+    assert list(sig.parameters) == [
+        "npu_graph", "pool", "stream", "auto_dispatch_capture", "capture_error_mode",
+    ]  # fmt: skip
+    assert sig.parameters["capture_error_mode"].default == "global"
+    begin = inspect.signature(torch.npu.NPUGraph.capture_begin)
+    assert list(begin.parameters) == ["self", "pool", "capture_error_mode"]
+    pool = torch.npu.graph_pool_handle()
+    graph = torch.npu.NPUGraph()
+    with torch.npu.graph(graph, pool=pool):
+        torch.ones(2).add_(1)
+    assert graph.pool() == pool
+    graph.reset()
+    with pytest.raises(RuntimeError, match="replay before"):
+        graph.replay()
+
+
+# ---- (c) ACLGraphWrapper in vLLM's forward context ---------------------------------------------
+def test_capture_sizes_and_padding() -> None:
+    assert capture_sizes(8192) == [16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
+    assert capture_sizes(100) == [16, 32, 64, 100]
+    assert capture_sizes(10) == [10]
+    assert capture_sizes(4096, "512, 64,8,100000") == [8, 64, 512]
+    with pytest.raises(ValueError, match="comma separated"):
+        capture_sizes(4096, "64,abc")
+    with pytest.raises(ValueError, match="positive"):
+        capture_sizes(4096, "0,64")
+    sizes = [16, 32, 64, 100]
+    assert [padded_size(n, sizes) for n in (1, 16, 17, 64, 65, 100, 101, 0)] == [
+        16, 16, 32, 64, 100, 100, None, None,
+    ]  # fmt: skip
+
+
+class _Piece(torch.nn.Module):
+    """A stand-in for one piecewise-compiled piece: per-token, so padding rows stay apart."""
+
+    def __init__(self, d_in: int = 8, d_out: int = 8) -> None:
+        super().__init__()
+        self.up, self.down = torch.nn.Linear(d_in, 32), torch.nn.Linear(16, d_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.up(x)
+        return self.down(F.silu(h[:, :16]) * h[:, 16:])
+
+
+def _step(
+    wrapper: ACLGraphWrapper, static: torch.Tensor, x: torch.Tensor, vllm_config: VllmConfig
+) -> tuple[torch.Tensor, int | None]:
+    """One step as vLLM's runner drives a piece: pad the token count up to a captured size
+    and copy the inputs into the persistent buffer (PIECEWISE), or run eagerly beyond the
+    largest size (mode NONE)."""
+    n = x.shape[0]
+    size = padded_size(n, wrapper.sizes)
+    if size is None:
+        mode, inp = CUDAGraphMode.NONE, x
+    else:
+        mode, inp = CUDAGraphMode.PIECEWISE, static[:size]
+        static[:n] = x
+        static[n:size] = 0
+    desc = BatchDescriptor(num_tokens=size or n)
+    with set_forward_context(
+        None, vllm_config, cudagraph_runtime_mode=mode, batch_descriptor=desc
+    ):  # fmt: skip
+        return wrapper(inp)[:n], size
+
+
+def test_wrapper_pads_captures_replays_and_falls_back(vllm_config: VllmConfig) -> None:
+    vllm_config.compilation_config.cudagraph_capture_sizes = [4, 8, 16]
+    piece = _Piece()
+    wrapper = ACLGraphWrapper(piece, vllm_config, CUDAGraphMode.PIECEWISE)
+    assert wrapper.up is piece.up  # attributes reach the runnable
+    static = torch.zeros(16, 8)  # the runner's persistent input buffer
+    torch.manual_seed(1)
+    captured: set[int] = set()
+    with torch.inference_mode():
+        for n in [3, 7, 5, 8, 2, 20, 16]:
+            x = torch.randn(n, 8)
+            out, size = _step(wrapper, static, x, vllm_config)
+            if size is not None and size not in captured:
+                captured.add(size)
+                assert is_poison(out), f"{n} tokens: a capture must not compute"
+            else:
+                torch.testing.assert_close(out, piece(x), rtol=1e-5, atol=1e-5, msg=f"{n}")
+    # 3 -> 4 (capture), 7 -> 8 (capture), 5 -> 8 (replay), 8 (replay), 2 -> 4 (replay),
+    # 20: eager beyond the largest, 16 (capture)
+    assert torch_npu.calls["NPUGraph.capture"] == 3
+    assert torch_npu.calls["NPUGraph.replay"] == 3
+    assert {d.num_tokens: g.replays for d, g in wrapper.graphs.items()} == {4: 1, 8: 2, 16: 0}
+    with set_forward_context(None, vllm_config):  # cudagraph mode NONE: plain eager call
+        torch.testing.assert_close(wrapper(static[:3]), piece(static[:3]))
+    # A descriptor of a size vLLM did not capture (e.g. another runner's): eager, no capture.
+    desc = BatchDescriptor(num_tokens=5)
+    with set_forward_context(
+        None, vllm_config, cudagraph_runtime_mode=CUDAGraphMode.PIECEWISE, batch_descriptor=desc
+    ):  # fmt: skip
+        torch.testing.assert_close(wrapper(static[:5]), piece(static[:5]))
+    assert torch_npu.calls["NPUGraph.capture"] == 3 and torch_npu.calls["NPUGraph.replay"] == 3
+
+
+def test_wrapper_keeps_weak_references(vllm_config: VllmConfig) -> None:
+    """The entry's output aliases the capture's output without owning it."""
+    vllm_config.compilation_config.cudagraph_capture_sizes = [4]
+    wrapper = ACLGraphWrapper(_Piece(), vllm_config, CUDAGraphMode.PIECEWISE)
+    with torch.inference_mode():
+        out, _ = _step(wrapper, torch.zeros(4, 8), torch.randn(4, 8), vllm_config)
+    (entry,) = wrapper.graphs.values()
+    assert entry.output.data_ptr() == out.data_ptr()
+    assert entry.output.untyped_storage().data_ptr() == out.untyped_storage().data_ptr()
+    # A non-owning alias: its storage has no allocator-backed deleter of its own.
+    assert entry.output.untyped_storage()._cdata != out.untyped_storage()._cdata
