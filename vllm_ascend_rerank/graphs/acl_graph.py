@@ -24,17 +24,16 @@ sizes for that budget, ``padded_size`` the graph a step runs in; both are plain 
 from __future__ import annotations
 
 import bisect
+import collections
 import gc
-import weakref
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 from unittest.mock import patch
 
 import torch
 from vllm.compilation.counter import compilation_counter
-from vllm.compilation.cuda_graph import CUDAGraphOptions
+from vllm.compilation.cuda_graph import CUDAGraphEntry, CUDAGraphOptions, CUDAGraphWrapper
 from vllm.config import CUDAGraphMode, VllmConfig
 from vllm.forward_context import BatchDescriptor, get_forward_context, is_forward_context_available
 from vllm.logger import init_logger
@@ -107,24 +106,18 @@ def weak_ref_tensors(value: Any) -> Any:
     return value
 
 
-@dataclass
-class _Graph:
-    graph: Any  # torch.npu.NPUGraph
-    output: Any  # weak references to the captured outputs: replay rewrites that memory
-    input_addresses: list[int]
-    replays: int = 0
+class ACLGraphWrapper(CUDAGraphWrapper):
+    """vLLM's ``CUDAGraphWrapper`` capturing and replaying ``torch.npu.NPUGraph`` instead.
 
-
-class ACLGraphWrapper:
-    """vLLM's ``AbstractStaticGraphWrapper`` on ``torch.npu.NPUGraph``.
+    Only the capture/replay step differs; the rest is vLLM's, so vLLM's own bookkeeping
+    reaches these wrappers too: its memory profiling points ``graph_pool`` at a throwaway
+    pool and drops the profiling graphs afterwards (``CUDAGraphWrapper._all_instances``).
 
     Inputs must sit at the same addresses on every call of a descriptor (vLLM's runner
     keeps persistent input buffers and passes slices of them; checked at replay when
     vLLM logs at DEBUG). Outputs returned by a replay alias graph memory: valid until
     the next replay of a graph of the shared pool, as with vLLM's CUDA graphs.
     """
-
-    _all_instances: ClassVar[weakref.WeakSet[ACLGraphWrapper]] = weakref.WeakSet()
 
     def __init__(
         self,
@@ -136,34 +129,10 @@ class ACLGraphWrapper:
     ) -> None:
         if runtime_mode == CUDAGraphMode.NONE:
             raise ValueError("ACLGraphWrapper needs a graph runtime mode (PIECEWISE or FULL)")
-        self.runnable = runnable
-        self.vllm_config = vllm_config
-        self.runtime_mode = runtime_mode
-        self.options = cudagraph_options or CUDAGraphOptions()
+        super().__init__(runnable, vllm_config, runtime_mode, cudagraph_options)
         # After config resolution this lists the token count of every graph vLLM captures.
         self.sizes = sorted(vllm_config.compilation_config.cudagraph_capture_sizes or [])
-        self.graphs: dict[BatchDescriptor, _Graph] = {}
-        self.debug = logger.isEnabledFor(10)  # logging.DEBUG
-        ACLGraphWrapper._all_instances.add(self)
-
-    @classmethod
-    def clear_all_graphs(cls) -> None:
-        for instance in list(cls._all_instances):
-            instance.clear_graphs()
-
-    def __getattr__(self, key: str) -> Any:
-        # Only reached for names the wrapper lacks: expose the runnable's attributes.
-        runnable = self.__dict__.get("runnable")
-        if runnable is not None and hasattr(runnable, key):
-            return getattr(runnable, key)
-        raise AttributeError(key)
-
-    def unwrap(self) -> Callable[..., Any]:
-        runnable = self.runnable
-        return runnable.unwrap() if hasattr(runnable, "unwrap") else runnable
-
-    def clear_graphs(self) -> None:
-        self.graphs.clear()
+        self.replays: collections.Counter[int] = collections.Counter()  # by token count
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if not is_forward_context_available():  # e.g. the vision encoder
@@ -175,42 +144,43 @@ class ACLGraphWrapper:
         if desc.num_tokens not in self.sizes:  # the runner pads to a size, or goes eager
             logger.debug("No ACL graph for %d tokens; running eagerly", desc.num_tokens)
             return self.runnable(*args, **kwargs)
-        entry = self.graphs.get(desc)
+        entry = self.concrete_cudagraph_entries.get(desc)
         if entry is None:
             return self._capture(desc, args, kwargs)
-        if self.debug:
+        if self.is_debugging_mode:
             addresses = [x.data_ptr() for x in args if isinstance(x, torch.Tensor)]
             if addresses != entry.input_addresses:
                 raise RuntimeError(
                     f"ACL graph for {desc}: inputs moved since capture "
                     f"({entry.input_addresses} -> {addresses})"
                 )
-        entry.replays += 1
-        entry.graph.replay()
+        self.replays[desc.num_tokens] += 1
+        entry.cudagraph.replay()
         return entry.output
 
     def _capture(self, desc: BatchDescriptor, args: tuple, kwargs: dict) -> Any:
-        from vllm.platforms import current_platform
-
         npu = torch.npu  # type: ignore[attr-defined]  # installed by torch_npu
-        if self.options.debug_log_enable:
+        if self.cudagraph_options.debug_log_enable:
             logger.debug("Capturing an ACL graph (%s) for %s", self.runtime_mode.name, desc)
         graph = npu.NPUGraph()
         with ExitStack() as stack:
-            if self.options.gc_disable:
+            if self.cudagraph_options.gc_disable:
                 # Later pieces of one forward: torch.npu.graph() would collect garbage and
                 # flush the allocator's cache once per piece (slow); the first piece did.
                 stack.enter_context(patch.object(gc, "collect", lambda *a, **k: 0))
                 stack.enter_context(patch.object(npu, "empty_cache", lambda *a, **k: None))
-            pool = current_platform.get_global_graph_pool()
-            stack.enter_context(npu.graph(graph, pool=pool))
+            stack.enter_context(npu.graph(graph, pool=self.graph_pool))
             output = self.runnable(*args, **kwargs)
-            if self.options.weak_ref_output:
+            if self.cudagraph_options.weak_ref_output:
                 # The last piece's output feeds no other graph: drop it before the capture
                 # ends so that its blocks are free in the pool for the next size.
                 output = weak_ref_tensors(output)
-        addresses = [x.data_ptr() for x in args if isinstance(x, torch.Tensor)]
-        self.graphs[desc] = _Graph(graph, weak_ref_tensors(output), addresses)
+        self.concrete_cudagraph_entries[desc] = CUDAGraphEntry(
+            batch_descriptor=desc,
+            cudagraph=graph,
+            output=weak_ref_tensors(output),
+            input_addresses=[x.data_ptr() for x in args if isinstance(x, torch.Tensor)],
+        )
         compilation_counter.num_cudagraph_captured += 1
         # The caller gets the owning output (what it holds keeps the blocks in use while the
         # next pieces capture); the entry keeps a weak one, freed when the caller drops it.
