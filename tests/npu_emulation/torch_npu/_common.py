@@ -7,6 +7,7 @@ import atexit
 import collections
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -31,11 +32,17 @@ def _count(op: str) -> None:
     calls[op] += 1
 
 
+# More sections of a process's trace line: name -> a function giving JSON data (empty: left
+# out). The graph recorder adds "graphs" and "memory", the device API "worker".
+trace_sections: dict[str, Callable[[], Any]] = {}
+
+
 def _write_trace() -> None:
     path = os.environ.get("TORCH_NPU_EMULATION_TRACE")
-    if path and calls:
+    extra = {name: data for name, get in trace_sections.items() if (data := get())}
+    if path and (calls or extra):
         with open(path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"pid": os.getpid(), "calls": dict(calls)}) + "\n")
+            f.write(json.dumps({"pid": os.getpid(), "calls": dict(calls), **extra}) + "\n")
 
 
 atexit.register(_write_trace)

@@ -59,7 +59,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 
-from ._common import _count
+from ._common import _count, trace_sections
 
 _aten = torch.ops.aten
 # Host synchronisations a real graph capture refuses ("operation not permitted when stream is
@@ -85,6 +85,7 @@ POISON_BYTE = 0xFF
 
 # size ("16", "other") -> {"captures": n, "replays": m}; reported by the exit-time trace.
 graph_stats: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+trace_sections["graphs"] = lambda: {size: dict(c) for size, c in graph_stats.items()}
 _capturing: list[NPUGraph] = []
 
 
@@ -94,37 +95,22 @@ def _device_on() -> bool:
     return bool(npu is not None and npu.is_available())
 
 
-def _is_device_tensor(t: Any) -> bool:
-    if not isinstance(t, torch.Tensor):
-        return False
-    return t.device.type == "npu" if _device_on() else True
-
-
-def _alias(
-    ptr: int, size: Any, stride: Any, dtype: torch.dtype, device: torch.device
-) -> torch.Tensor:
-    """A tensor at ``ptr`` that does not own (or keep alive) the memory it reads."""
-    nbytes = 0
-    if all(s > 0 for s in size):
-        nbytes = (1 + sum((s - 1) * st for s, st in zip(size, stride, strict=True))) * (
-            torch.empty((), dtype=dtype).element_size()
-        )
-    storage = torch._C._construct_storage_from_data_pointer(ptr, device, nbytes)
-    return torch.empty(0, dtype=dtype, device=device).set_(storage, 0, size, stride)
+def _device_ops() -> Any:
+    return torch.ops.npu_emulation_device  # the emulated device's library (csrc/bindings.cpp)
 
 
 def _weak_ref_tensor(tensor: torch.Tensor) -> torch.Tensor:
-    """``torch_npu._C._weak_ref_tensor``: same memory, size and strides, no ownership."""
-    return _alias(tensor.data_ptr(), tensor.size(), tensor.stride(), tensor.dtype, tensor.device)
+    """``torch_npu._C._weak_ref_tensor``: same memory, sizes and strides, no ownership."""
+    if tensor.device.type == "npu":
+        return _device_ops().weak_ref_tensor(tensor)
+    storage = torch._C._construct_storage_from_data_pointer(
+        tensor.data_ptr(), tensor.device, tensor.untyped_storage().nbytes()
+    )
+    return torch.empty(0, dtype=tensor.dtype).set_(storage, 0, tensor.size(), tensor.stride())
 
 
-def _begin_allocate_to_pool(pool: tuple[int, int]) -> None: ...
-
-
-def _end_allocate_to_pool(pool: tuple[int, int]) -> None: ...
-
-
-def _release_pool(pool: tuple[int, int]) -> None: ...
+def _poison_device_memory(ptr: int, nbytes: int, device: torch.device) -> None:
+    _device_ops().from_blob(ptr, [nbytes], [1], 0, torch.uint8, device.index).fill_(POISON_BYTE)
 
 
 _pool_ids = iter(range(1, 1 << 62))
@@ -156,7 +142,8 @@ class _RecordMode(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         kwargs = kwargs or {}
-        inputs = [t for t in tree_flatten((args, kwargs))[0] if _is_device_tensor(t)]
+        on_device = self.graph._on_device
+        inputs = [t for t in tree_flatten((args, kwargs))[0] if on_device(t)]
         if func in _SYNC_OPS and inputs:
             raise RuntimeError(
                 "NPUGraph capture: host synchronisation (.item()/.tolist()/...) is not "
@@ -167,13 +154,13 @@ class _RecordMode(TorchDispatchMode):
                 f"NPUGraph capture: {func} has a data-dependent output shape and cannot be "
                 "captured (it synchronises with the host)"
             )
-        if _blocking_copy_to_host(func, args, kwargs):
+        if self.graph._device_on and _blocking_copy_to_host(func, args, kwargs):
             raise RuntimeError(
                 "NPUGraph capture: a blocking copy to the host synchronises the stream and is "
                 "not permitted while the stream is capturing"
             )
         out = func(*args, **kwargs)
-        outputs = [t for t in tree_flatten(out)[0] if _is_device_tensor(t)]
+        outputs = [t for t in tree_flatten(out)[0] if on_device(t)]
         if not inputs and not outputs:
             return out  # host work: runs now, once, as host code between kernels does
         if not func.is_view:  # views alias their input; no memory of their own
@@ -188,8 +175,6 @@ class _RecordMode(TorchDispatchMode):
 
 
 def _blocking_copy_to_host(func: Any, args: Any, kwargs: Any) -> bool:
-    if not _device_on():
-        return False
     if func is _aten.copy_.default:
         dst, src = args[0], args[1]
         non_blocking = args[2] if len(args) > 2 else kwargs.get("non_blocking", False)
@@ -203,11 +188,6 @@ def _blocking_copy_to_host(func: Any, args: Any, kwargs: Any) -> bool:
             and not kwargs.get("non_blocking", False)
         )
     return False
-
-
-def _weaken(value: Any) -> Any:
-    """Device tensors -> non-owning aliases (the graph keeps addresses, not memory)."""
-    return tree_map(lambda v: _weak_ref_tensor(v) if _is_device_tensor(v) else v, value)
 
 
 def _refresh(recorded: Any, new: Any) -> None:
@@ -236,21 +216,31 @@ def _size_of_current_step() -> str:
     return "other"
 
 
+def _release_pool(device: int, pool: tuple[int, int]) -> None:
+    _device_ops().release_pool(device, *pool)
+
+
 class NPUGraph:
     """``torch_npu.npu.NPUGraph``: see the module docstring for what is emulated."""
 
     def __init__(self) -> None:
         self._ops: list[_Op] = []
-        # What the capture allocated, poisoned at its end: device memory by address (freed
-        # blocks stay in the pool); with the device off, the tensors (host memory is freed).
+        # What the capture allocated, poisoned at its end: device memory by address (a freed
+        # block stays in the pool); with the device off, the tensors (freed host memory is gone).
         self._allocated: dict[int, tuple[int, torch.device]] = {}
         self._host_allocated: list[torch.Tensor] = []
         self._release: weakref.finalize | None = None
         self._mode: _RecordMode | None = None
         self._captured = False
+        self._device_on = False
+        self._device_index = 0
         self._pool: tuple[int, int] | None = None
         self._size = "other"
         self.auto_dispatch_capture = False  # set by torch.npu.graph(), as in torch_npu
+
+    def _on_device(self, t: Any) -> bool:
+        """A tensor the graph captures: an npu one (host tensors stand in with the device off)."""
+        return isinstance(t, torch.Tensor) and (t.device.type == "npu" or not self._device_on)
 
     def capture_begin(self, pool: Any = None, capture_error_mode: str = "global") -> None:
         if capture_error_mode not in CAPTURE_ERROR_MODES:
@@ -264,10 +254,12 @@ class NPUGraph:
             raise RuntimeError("NPUGraph: another graph is capturing (one capture at a time)")
         self._pool = tuple(pool) if pool is not None else graph_pool_handle()
         self._size = _size_of_current_step()
-        if _device_on():
-            _begin_allocate_to_pool(self._pool)
+        self._device_on = _device_on()
+        if self._device_on:
+            self._device_index = torch.npu.current_device()  # type: ignore[attr-defined]
+            _device_ops().begin_allocate_to_pool(self._device_index, *self._pool)
             # The graph holds the pool (its blocks stay reserved) until reset or deleted.
-            self._release = weakref.finalize(self, _release_pool, self._pool)
+            self._release = weakref.finalize(self, _release_pool, self._device_index, self._pool)
         self._mode = _RecordMode(self)
         self._mode.__enter__()
         _capturing.append(self)
@@ -278,12 +270,15 @@ class NPUGraph:
         self._mode.__exit__(None, None, None)
         self._mode = None
         _capturing.remove(self)
-        if _device_on():
-            _end_allocate_to_pool(self._pool)
-            for op in self._ops:
-                op.args, op.kwargs, op.out = _weaken((op.args, op.kwargs, op.out))
+        if self._device_on:
+            _device_ops().end_allocate_to_pool(self._device_index, *self._pool)
+            for op in self._ops:  # keep addresses, not memory, as the device graph does
+                op.args, op.kwargs, op.out = tree_map(
+                    lambda v: _weak_ref_tensor(v) if self._on_device(v) else v,
+                    (op.args, op.kwargs, op.out),
+                )
         for ptr, (nbytes, device) in self._allocated.items():
-            _alias(ptr, (nbytes,), (1,), torch.uint8, device).fill_(POISON_BYTE)
+            _poison_device_memory(ptr, nbytes, device)
         for t in self._host_allocated:
             t.untyped_storage().fill_(POISON_BYTE)
         self._allocated.clear()
@@ -293,7 +288,7 @@ class NPUGraph:
         graph_stats[self._size]["captures"] += 1
 
     def _note_allocated(self, t: torch.Tensor) -> None:
-        if not _device_on():
+        if not self._device_on:
             self._host_allocated.append(t)
             return
         storage = t.untyped_storage()
