@@ -1,6 +1,8 @@
 """The NPU code paths, proved on the CPU against the torch_npu emulation (tests/npu_emulation).
 
-(a) each emulated op against an independent torch computation, and its argument checks;
+(a) each emulated op against an oracle that is not the emulation's own formula (vLLM's
+    native layers, attention written out densely; output shapes against the wheel's meta
+    functions in test_torch_npu_conformance.py), and its argument checks;
 (b) NpuKernels against TorchKernels on paged batches (cached context, GQA, padding slots);
 (c) the npu_ops CustomOp subclasses against vLLM's forward_native.
 (NPUGraph and ACLGraphWrapper: tests/test_acl_graph.py.)
@@ -18,7 +20,6 @@ import sys
 
 import pytest
 import torch
-import torch.nn.functional as F  # noqa: N812
 
 EMULATION = pathlib.Path(__file__).parent / "npu_emulation"
 _spec = importlib.util.find_spec("torch_npu")
@@ -49,20 +50,29 @@ def vllm_config() -> VllmConfig:
 
 
 # ---- independent oracles ------------------------------------------------------------------------
-def sdpa_per_request(q, k, v, q_lens, kv_lens, scale, causal):
-    """q [T, N, D], k/v [T_kv, Nkv, D] back to back; torch SDPA with an explicit mask."""
-    out, qs, ks = [], 0, 0
+# None of these repeats the emulation's own reading of the docs: attention is written out by
+# hand (einsum scores, an explicit causal offset mask, GQA by head index, softmax spelled out,
+# float64), norms/activations/rotary come from vLLM's native layers, and output shapes are
+# checked against the wheel's meta functions in test_torch_npu_conformance.py.
+def dense_attention(q, k, v, q_lens, kv_lens, scale, causal):
+    """q [T, N, D], k/v [T_kv, N_kv, D] back to back per request -> [T, N, Dv] (float64).
+    Query head h reads KV head h // (N / N_kv); with ``causal`` query i of a request with Sq
+    queries and Skv keys sees key j iff j <= i + (Skv - Sq)."""
+    n, group = q.shape[1], q.shape[1] // k.shape[1]
+    out = torch.zeros(q.shape[0], n, v.shape[2], dtype=torch.float64)
+    qs = ks = 0
     for ql, kl in zip(q_lens, kv_lens, strict=True):
-        qh = q[qs : qs + ql].float().transpose(0, 1)
-        group = q.shape[1] // k.shape[1]
-        kh = k[ks : ks + kl].float().repeat_interleave(group, 1).transpose(0, 1)
-        vh = v[ks : ks + kl].float().repeat_interleave(group, 1).transpose(0, 1)
-        mask = None
-        if causal:
-            mask = torch.arange(kl)[None, :] <= torch.arange(ql)[:, None] + (kl - ql)
-        out.append(F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale))
+        i, j = torch.arange(ql)[:, None], torch.arange(kl)[None, :]
+        for h in range(n):
+            qh = q[qs : qs + ql, h].double()
+            kh, vh = k[ks : ks + kl, h // group].double(), v[ks : ks + kl, h // group].double()
+            scores = torch.einsum("id,jd->ij", qh, kh) * scale
+            if causal:
+                scores = scores.masked_fill(j > i + (kl - ql), float("-inf"))
+            weights = torch.exp(scores - scores.amax(-1, keepdim=True))
+            out[qs : qs + ql, h] = (weights / weights.sum(-1, keepdim=True)) @ vh
         qs, ks = qs + ql, ks + kl
-    return torch.cat([o.transpose(0, 1) for o in out])
+    return out
 
 
 def cum(lengths):
@@ -72,34 +82,62 @@ def cum(lengths):
 CAUSAL_MASK = torch.ones(2048, 2048, dtype=torch.bool).triu(1)
 
 
+@pytest.fixture()
+def native(vllm_config):
+    """vLLM's own layers (their ``forward_native`` is the oracle); built under a config."""
+    from vllm.model_executor.layers.activation import SiluAndMul
+    from vllm.model_executor.layers.layernorm import RMSNorm
+    from vllm.model_executor.layers.rotary_embedding.mrope import MRotaryEmbedding
+
+    with set_current_vllm_config(vllm_config):
+        yield {"RMSNorm": RMSNorm, "SiluAndMul": SiluAndMul, "MRotaryEmbedding": MRotaryEmbedding}
+
+
+def _close(a, b, dtype):
+    tol = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}[dtype]
+    torch.testing.assert_close(a.float(), b.float(), rtol=tol, atol=tol)
+
+
 # ---- (a) emulated ops ---------------------------------------------------------------------------
-def test_rms_norm_matches_formula_and_checks_dtypes() -> None:
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rms_norm_matches_vllm_native(native, dtype) -> None:
+    # A large epsilon against small inputs: where epsilon goes changes the answer visibly.
+    layer = native["RMSNorm"](64, eps=0.1).to(dtype)
+    layer.weight.data.normal_()
+    for shape in ((5, 64), (5, 3, 64)):  # 2D and Qwen3's per-head q/k norm
+        x = (0.3 * torch.randn(shape)).to(dtype)
+        y, rstd = torch_npu.npu_rms_norm(x, layer.weight.data, epsilon=0.1)
+        _close(y, layer.forward_native(x.clone()), dtype)
+        want_rstd = (x.double().pow(2).mean(-1, keepdim=True) + 0.1).rsqrt()
+        assert rstd.dtype == torch.float32
+        torch.testing.assert_close(rstd.double(), want_rstd, rtol=1e-5, atol=1e-6)
+
+
+def test_rms_norm_refuses_what_the_wheel_excludes() -> None:
     x, w = torch.randn(5, 3, 64), torch.randn(64)
-    y, rstd = torch_npu.npu_rms_norm(x, w, epsilon=1e-5)
-    want = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * w
-    torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5)
-    assert rstd.shape == (5, 3, 1) and rstd.dtype == torch.float32
-    y16, _ = torch_npu.npu_rms_norm(x.half(), w.float())  # documented pair fp16/fp32
-    assert y16.dtype == torch.float16
-    with pytest.raises(NpuOpError, match="dtypes"):
-        torch_npu.npu_rms_norm(x.half(), w.bfloat16())
+    with pytest.raises(NpuOpError, match="dtypes"):  # 2.14.0: gamma takes self's dtype
+        torch_npu.npu_rms_norm(x.half(), w)
     with pytest.raises(NpuOpError, match="2-8 dims"):
         torch_npu.npu_rms_norm(torch.randn(64), w)
 
 
-def test_add_rms_norm_returns_sum_and_norm() -> None:
-    a, b, w = torch.randn(4, 32), torch.randn(4, 32), torch.randn(32)
-    y, rstd, s = torch_npu.npu_add_rms_norm(a, b, w, epsilon=1e-6)
-    torch.testing.assert_close(s, a + b)
-    want = (a + b) / torch.sqrt((a + b).pow(2).mean(-1, keepdim=True) + 1e-6) * w
-    torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_add_rms_norm_matches_vllm_native(native, dtype) -> None:
+    layer = native["RMSNorm"](32, eps=0.1).to(dtype)
+    layer.weight.data.normal_()
+    a, b = (0.2 * torch.randn(4, 32)).to(dtype), (0.2 * torch.randn(4, 32)).to(dtype)
+    y, rstd, s = torch_npu.npu_add_rms_norm(a, b, layer.weight.data, epsilon=0.1)
+    want, want_sum = layer.forward_native(a.clone(), b.clone())
+    _close(s, want_sum, dtype)
+    _close(y, want, dtype)
+    assert rstd.shape == (4, 1) and rstd.dtype == torch.float32
     with pytest.raises(NpuOpError, match="gamma dtype"):
-        torch_npu.npu_add_rms_norm(a, b, w.half())
+        torch_npu.npu_add_rms_norm(a, b, layer.weight.data.half())
 
 
-def test_swiglu_matches_formula_and_checks_layout() -> None:
+def test_swiglu_matches_vllm_native(native) -> None:
     x = torch.randn(3, 2, 10)
-    want = x[..., :5] * torch.sigmoid(x[..., :5]) * x[..., 5:]
+    want = native["SiluAndMul"]().forward_native(x)
     torch.testing.assert_close(torch_npu.npu_swiglu(x, dim=-1), want)
     with pytest.raises(NpuOpError, match="non-contiguous"):
         torch_npu.npu_swiglu(x.transpose(0, 1))
@@ -107,59 +145,92 @@ def test_swiglu_matches_formula_and_checks_layout() -> None:
         torch_npu.npu_swiglu(torch.randn(3, 7))
 
 
-def _mrope_oracle(q, positions, cache, head_size, section, interleaved):
-    """Per-channel loops, NeoX rotation (written from the op page's formulas)."""
-    half = cache.shape[1] // 2
-    tokens = q.shape[0]
-    out = q.float().view(tokens, -1, head_size).clone()
-    for t in range(tokens):
-        for i in range(half):
-            if interleaved:
-                axis = 1 if (i % 3 == 1 and i < 3 * section[1]) else 0
-                axis = 2 if (i % 3 == 2 and i < 3 * section[1]) else axis
-            else:
-                axis = 0 if i < section[0] else (1 if i < section[0] + section[1] else 2)
-            p = int(positions[axis, t])
-            c, s = float(cache[p, i]), float(cache[p, half + i])
-            x1, x2 = q.float().view(tokens, -1, head_size)[t, :, i], q.float().view(
-                tokens, -1, head_size
-            )[t, :, half + i]
-            out[t, :, i] = x1 * c - x2 * s
-            out[t, :, half + i] = x2 * c + x1 * s
-    return out.reshape(q.shape)
+def _thw_positions(tokens: int) -> torch.Tensor:
+    """T, H and W rows that differ everywhere, so a channel read from the wrong axis shows."""
+    g = torch.Generator().manual_seed(3)
+    return torch.stack([torch.randperm(4000, generator=g)[:tokens] for _ in range(3)])
 
 
-@pytest.mark.parametrize("interleaved", [True, False])
-def test_mrope_matches_formulas(interleaved: bool) -> None:
-    tokens, head_size = 5, 128
-    section = [24, 20, 20] if interleaved else [16, 24, 24]
-    positions = torch.randint(0, 50, (3, tokens))
-    cache = torch.randn(64, head_size)
-    q, k = torch.randn(tokens, 2 * head_size), torch.randn(tokens, head_size)
-    q_out, k_out = torch_npu.npu_mrope(
-        positions, q, k, cache, head_size, mrope_section=section,
-        cache_mode="interleave" if interleaved else "default",
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("section,interleaved", [([24, 20, 20], True), ([16, 24, 24], False)])
+def test_mrope_matches_vllm_native(native, dtype, section, interleaved) -> None:
+    layer = native["MRotaryEmbedding"](
+        128, 128, 4096, 5e6, True, dtype, mrope_section=section, mrope_interleaved=interleaved
+    )
+    tokens = 7
+    positions = _thw_positions(tokens)
+    q, k = torch.randn(tokens, 4 * 128).to(dtype), torch.randn(tokens, 2 * 128).to(dtype)
+    got_q, got_k = torch_npu.npu_mrope(
+        positions, q, k, layer.cos_sin_cache.to(dtype), 128, mrope_section=section,
+        rotary_mode="half", cache_mode="interleave" if interleaved else "default",
     )  # fmt: skip
-    oracle_q = _mrope_oracle(q, positions, cache, head_size, section, interleaved)
-    oracle_k = _mrope_oracle(k, positions, cache, head_size, section, interleaved)
-    torch.testing.assert_close(q_out, oracle_q, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(k_out, oracle_k, rtol=1e-5, atol=1e-5)
+    want_q, want_k = layer.forward_native(positions, q.clone(), k.clone())
+    _close(got_q, want_q, dtype)
+    _close(got_k, want_k, dtype)
 
 
-def test_mrope_rejects_what_the_page_excludes() -> None:
-    pos3 = torch.zeros(3, 4, dtype=torch.long)
+@pytest.mark.parametrize("neox", [True, False])
+def test_rope_mode_matches_vllm_native(native, neox: bool) -> None:
+    """Text-only positions (RoPE mode), both rotation styles, a partial rotary_dim."""
+    layer = native["MRotaryEmbedding"](128, 64, 4096, 1e4, neox, torch.float32,
+                                       mrope_section=[16, 8, 8])  # fmt: skip
+    positions = torch.randperm(4000)[:6]
+    q, k = torch.randn(6, 2 * 128), torch.randn(6, 128)
+    got_q, got_k = torch_npu.npu_mrope(
+        positions, q, k, layer.cos_sin_cache, 128, mrope_section=[0, 0, 0],
+        rotary_mode="half" if neox else "interleave",
+    )  # fmt: skip
+    want_q, want_k = layer.forward_native(positions, q.clone(), k.clone())
+    _close(got_q, want_q, torch.float32)
+    _close(got_k, want_k, torch.float32)
+
+
+def test_mrope_takes_views() -> None:
+    """The 2.14.0 docs allow non-contiguous query/key: a strided view rotates like a copy."""
+    positions, cache = _thw_positions(5), torch.randn(4096, 128)
+    qk = torch.randn(5, 3 * 128)
+    q, k = qk[:, : 2 * 128], qk[:, 2 * 128 :]  # views into one fused projection
+    kw = dict(mrope_section=[24, 20, 20], cache_mode="interleave")
+    got = torch_npu.npu_mrope(positions, q, k, cache, 128, **kw)
+    want = torch_npu.npu_mrope(positions, q.contiguous(), k.contiguous(), cache, 128, **kw)
+    torch.testing.assert_close(got, want)
+
+
+def test_mrope_refuses_what_the_wheel_excludes(monkeypatch) -> None:
+    pos3, pos1 = torch.zeros(3, 4, dtype=torch.long), torch.zeros(4, dtype=torch.long)
     q = torch.randn(4, 32)
-    with pytest.raises(NpuOpError, match="mrope_section"):  # the tiny checkpoint's section
-        torch_npu.npu_mrope(pos3, q, q, torch.randn(8, 16), 16, mrope_section=[4, 2, 2])
-    with pytest.raises(NpuOpError, match="multiple of 32"):  # head 16 in half precision
-        torch_npu.npu_mrope(torch.zeros(4, dtype=torch.long), q.half(), q.half(),
-                            torch.randn(8, 16).half(), 16)  # fmt: skip
+    mrope = torch_npu.npu_mrope
+    with pytest.raises(NpuOpError, match="mrope_section"):  # not a kernel section
+        mrope(pos3, q, q, torch.randn(8, 16), 16, mrope_section=[4, 2, 2])
+    with pytest.raises(NpuOpError, match="mrope_section"):  # 2.14.0: three sections only
+        mrope(torch.zeros(4, 4, dtype=torch.long), q, q, torch.randn(8, 16), 16,
+              mrope_section=[16, 16, 16, 16])  # fmt: skip
+    with pytest.raises(NpuOpError, match="multiple of 32"):  # rotary_dim 16 in half precision
+        mrope(pos1, q.half(), q.half(), torch.randn(8, 16).half(), 16)
     with pytest.raises(NpuOpError, match="2D"):
-        pos1 = torch.zeros(4, dtype=torch.long)
-        torch_npu.npu_mrope(pos1, q.view(4, 2, 16), q, torch.randn(8, 16), 16)
+        mrope(pos1, q.view(4, 2, 16), q, torch.randn(8, 16), 16)
     with pytest.raises(NpuOpError, match="RoPE mode"):
-        torch_npu.npu_mrope(torch.zeros(4, dtype=torch.long), q, q, torch.randn(8, 16), 16,
-                            cache_mode="interleave")  # fmt: skip
+        mrope(pos1, q, q, torch.randn(8, 16), 16, cache_mode="interleave")
+    with pytest.raises(NpuOpError, match="rotary_mode"):  # 2.14.0 spells it 'interleave'
+        mrope(pos1, q, q, torch.randn(8, 16), 16, rotary_mode="interleaved")
+    monkeypatch.setenv("TORCH_NPU_EMULATION_CANN_VERSION", "8.3.RC1")
+    q128 = torch.randn(4, 128)
+    with pytest.raises(NpuOpError, match="aclnnRopeWithSinCosCacheV2"):
+        mrope(pos3, q128, q128, torch.randn(8, 128), 128, mrope_section=[24, 20, 20],
+              cache_mode="interleave")  # fmt: skip
+    mrope(pos3, q128, q128, torch.randn(8, 128), 128, mrope_section=[24, 20, 20])  # default: ok
+
+
+@pytest.mark.parametrize(
+    "version,ok", [("9.1.0", True), ("8.5.0", True), ("8.5.0.alpha003", False),
+                   ("8.3.RC1", False), ("8.5.1", True), ("10.0.RC1", True)],
+)  # fmt: skip
+def test_cann_version_gate(monkeypatch, version: str, ok: bool) -> None:
+    from vllm_ascend_rerank import device
+
+    monkeypatch.setenv("TORCH_NPU_EMULATION_CANN_VERSION", version)
+    assert device.cann_version() == version
+    assert device.cann_at_least("8.5.0") is ok
 
 
 def test_scatter_nd_update_writes_rows_in_place() -> None:
@@ -167,10 +238,11 @@ def test_scatter_nd_update_writes_rows_in_place() -> None:
     view = base[:, :, :2]  # non-contiguous input is allowed
     idx = torch.tensor([[4], [1]])
     upd = torch.randn(2, 2, 2)
+    want = base.clone()
+    for row, i in enumerate(idx[:, 0].tolist()):  # written out: one slice per index row
+        want[i, :, :2] = upd[row]
     assert torch_npu.npu_scatter_nd_update_(view, idx, upd) is view
-    torch.testing.assert_close(base[4, :, :2], upd[0])
-    torch.testing.assert_close(base[1, :, :2], upd[1])
-    assert base[0].abs().sum() == 0 and base[:, :, 2:].abs().sum() == 0
+    torch.testing.assert_close(base, want, rtol=0, atol=0)
     with pytest.raises(NpuOpError, match="out of bounds"):
         torch_npu.npu_scatter_nd_update_(base, torch.tensor([[-1]]), torch.randn(1, 2, 4))
     with pytest.raises(NpuOpError, match="updates shape"):
@@ -186,7 +258,7 @@ def _fia_inputs(dtype=torch.bfloat16, q_lens=(3, 5, 1), kv_lens=(7, 5, 9), n=4, 
 
 
 @pytest.mark.parametrize("causal", [True, False])
-def test_fia_tnd_matches_sdpa(causal: bool) -> None:
+def test_fia_tnd_matches_dense_attention(causal: bool) -> None:
     q, k, v, q_lens, kv_lens = _fia_inputs()
     out, lse = torch_npu.npu_fused_infer_attention_score(
         q, k, v, atten_mask=CAUSAL_MASK if causal else None,
@@ -194,15 +266,15 @@ def test_fia_tnd_matches_sdpa(causal: bool) -> None:
         num_heads=4, num_key_value_heads=2, scale=0.1, input_layout="TND",
         sparse_mode=3 if causal else 0,
     )  # fmt: skip
-    want = sdpa_per_request(q, k, v, q_lens, kv_lens, 0.1, causal)
+    want = dense_attention(q, k, v, q_lens, kv_lens, 0.1, causal)
     assert out.dtype == torch.bfloat16 and lse.shape == (1,)
-    torch.testing.assert_close(out.float(), want, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(out.double(), want, rtol=1e-2, atol=1e-2)
 
 
 @pytest.mark.parametrize("cache_form", ["BnBsH", "BnNBsD"])
 def test_fia_page_attention_reads_through_block_table(cache_form: str) -> None:
-    q, k, v, q_lens, kv_lens = _fia_inputs()
-    block_size, nkv, d = 16, 2, 128
+    q, k, v, q_lens, kv_lens = _fia_inputs(q_lens=(3, 5, 1), kv_lens=(130, 5, 9))
+    block_size, nkv, d = 128, 2, 128  # 2.14.0: PageAttention blocks of 128..512 by 128
     table = torch.tensor([[3, 0], [1, 0], [2, 4]], dtype=torch.int32)
     k_cache = torch.zeros(5, block_size, nkv, d, dtype=q.dtype)
     v_cache = torch.zeros_like(k_cache)
@@ -216,16 +288,20 @@ def test_fia_page_attention_reads_through_block_table(cache_form: str) -> None:
         kc, vc = k_cache.flatten(2), v_cache.flatten(2)
     else:
         kc, vc = k_cache.transpose(1, 2).contiguous(), v_cache.transpose(1, 2).contiguous()
-    out, _ = torch_npu.npu_fused_infer_attention_score(
-        q, kc, vc, atten_mask=CAUSAL_MASK, block_table=table, block_size=block_size,
-        actual_seq_lengths=cum(q_lens), actual_seq_lengths_kv=kv_lens,
-        num_heads=4, num_key_value_heads=2, scale=0.1, input_layout="TND", sparse_mode=3,
+    fia = torch_npu.npu_fused_infer_attention_score
+    kw = dict(
+        atten_mask=CAUSAL_MASK, block_table=table, actual_seq_lengths=cum(q_lens),
+        actual_seq_lengths_kv=kv_lens, num_heads=4, num_key_value_heads=2, scale=0.1,
+        input_layout="TND", sparse_mode=3,
     )  # fmt: skip
-    want = sdpa_per_request(q, k, v, q_lens, kv_lens, 0.1, True)
-    torch.testing.assert_close(out.float(), want, rtol=1e-2, atol=1e-2)
+    out, _ = fia(q, kc, vc, block_size=block_size, **kw)
+    want = dense_attention(q, k, v, q_lens, kv_lens, 0.1, True)
+    torch.testing.assert_close(out.double(), want, rtol=1e-2, atol=1e-2)
+    with pytest.raises(NpuOpError, match="block_size"):
+        fia(q, kc, vc, block_size=16, **kw)
 
 
-def test_fia_refuses_what_the_page_excludes() -> None:
+def test_fia_refuses_what_the_wheel_excludes() -> None:
     q, k, v, q_lens, kv_lens = _fia_inputs()
     ok = dict(
         atten_mask=CAUSAL_MASK, actual_seq_lengths=cum(q_lens), actual_seq_lengths_kv=cum(kv_lens),
@@ -250,18 +326,26 @@ def test_fia_refuses_what_the_page_excludes() -> None:
         fia(q.transpose(0, 1).contiguous().transpose(0, 1), k, v, **ok)
     with pytest.raises(NpuOpError, match="num_key_value_heads"):
         fia(q, k, v, **{**ok, "num_key_value_heads": 3})
+    with pytest.raises(NpuOpError, match="sparse_mode 5"):
+        fia(q, k, v, **{**ok, "sparse_mode": 5})
+    with pytest.raises(NpuOpError, match="queries over"):  # rightDownCausal, Sq > Skv
+        fia(q, k, v, **{**ok, "actual_seq_lengths_kv": cum([2, 5, 9])})
     with pytest.raises(NotImplementedError, match="pse_shift"):
         fia(q, k, v, **ok, pse_shift=torch.zeros(1))
+    with pytest.raises(TypeError):  # not in the registered schema
+        fia(q, k, v, **ok, learnable_sink=torch.zeros(1))
 
 
-def test_fusion_attention_tnd_matches_sdpa() -> None:
-    q, k, v, q_lens, _ = _fia_inputs(dtype=torch.float32, kv_lens=(3, 5, 1), d=72)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fusion_attention_tnd_matches_dense_attention(dtype) -> None:
+    q, k, v, q_lens, _ = _fia_inputs(dtype=dtype, kv_lens=(3, 5, 1), d=72)
     out = torch_npu.npu_fusion_attention(
         q, k, v, 4, "TND", scale=0.2, actual_seq_qlen=cum(q_lens), actual_seq_kvlen=cum(q_lens)
     )
-    assert len(out) == 7
-    want = sdpa_per_request(q, k, v, q_lens, q_lens, 0.2, False)
-    torch.testing.assert_close(out[0], want, rtol=1e-5, atol=1e-5)
+    assert len(out) == 7 and out[0].dtype == dtype
+    want = dense_attention(q, k, v, q_lens, q_lens, 0.2, False)
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(out[0].double(), want, rtol=tol, atol=tol)
     with pytest.raises(NotImplementedError, match="BSND"):
         torch_npu.npu_fusion_attention(q, k, v, 4, "BSND")
     with pytest.raises(NpuOpError, match="layout"):
@@ -417,11 +501,6 @@ def ops(vllm_config):
         yield npu_ops
 
 
-def _close(a, b, dtype):
-    tol = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}[dtype]
-    torch.testing.assert_close(a.float(), b.float(), rtol=tol, atol=tol)
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_rms_norm_op(ops, dtype) -> None:
     layer = ops.NpuRMSNorm(64, eps=1e-6).to(dtype)
@@ -482,6 +561,25 @@ def test_mrope_op_falls_back_for_the_tiny_checkpoint(ops) -> None:
     assert torch_npu.calls["npu_mrope"] == 0
 
 
+def test_mrope_op_on_a_cann_without_the_v2_kernel(ops, monkeypatch) -> None:
+    """CANN < 8.5.0 has no aclnnRopeWithSinCosCacheV2: interleaved M-RoPE (Qwen3-VL) runs
+    vLLM's native code; chunked sections and text-only positions keep the NPU op."""
+    monkeypatch.setattr(ops, "_mrope_interleave_ok", False)
+    positions = _thw_positions(5)
+    q, k = torch.randn(5, 2 * 128), torch.randn(5, 128)
+    for section, interleaved, npu_calls in (([24, 20, 20], True, 0), ([16, 24, 24], False, 1)):
+        torch_npu.calls.clear()
+        layer = ops.NpuMRotaryEmbedding(
+            128, 128, 4096, 5e6, True, torch.float32,
+            mrope_section=section, mrope_interleaved=interleaved,
+        )  # fmt: skip
+        got = layer.forward_oot(positions, q.clone(), k.clone())
+        _close(got[0], layer.forward_native(positions, q.clone(), k.clone())[0], torch.float32)
+        assert torch_npu.calls["npu_mrope"] == npu_calls, section
+        layer.forward_oot(positions[0], q.clone(), k.clone())  # text only: RoPE mode, no V2
+        assert torch_npu.calls["npu_mrope"] == npu_calls + 1, section
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_vision_attention_op(ops, dtype) -> None:
     layer = ops.NpuMMEncoderAttention(num_heads=4, head_size=16, scale=0.3)
@@ -517,7 +615,7 @@ def test_register_swaps_layers_and_is_idempotent(ops) -> None:
 
 # ---- worker / communicator shape ----------------------------------------------------------------
 def test_npu_runner_overrides_device_hooks_only() -> None:
-    from vllm_ascend_rerank.worker.worker import RerankNPUModelRunner, RerankNPUWorker
+    from vllm_ascend_rerank.worker.npu import RerankNPUModelRunner, RerankNPUWorker
 
     own = {k for k in vars(RerankNPUModelRunner) if not k.startswith("__")}
     assert own == {"capture_model", "_sync_device", "_get_or_create_async_output_copy_stream"}
@@ -526,7 +624,7 @@ def test_npu_runner_overrides_device_hooks_only() -> None:
 
 
 def test_npu_runner_stream_mapping_is_scoped() -> None:
-    from vllm_ascend_rerank.worker.worker import _cuda_streams_as_npu_streams
+    from vllm_ascend_rerank.worker.npu import _cuda_streams_as_npu_streams
 
     before = torch.cuda.Stream
     with _cuda_streams_as_npu_streams():

@@ -54,6 +54,18 @@ def torch_npu() -> ModuleType:
     return importlib.import_module("torch_npu")
 
 
+def cann_version() -> str:
+    """The CANN toolkit torch_npu runs on, e.g. ``9.1.0``."""
+    return str(importlib.import_module("torch_npu.npu.utils").get_cann_version("CANN"))
+
+
+def cann_at_least(version: str) -> bool:
+    """Whether torch_npu runs on CANN ``version`` or newer, by torch_npu's own comparison
+    (``torch_npu.npu.utils``; it knows CANN's ``8.3.RC1`` / ``8.5.0.alpha003`` scheme)."""
+    utils = importlib.import_module("torch_npu.npu.utils")
+    return bool(utils._is_gte_cann_version(version, "CANN"))
+
+
 @functools.cache
 def npu_available() -> bool:
     """True when torch_npu is installed and sees at least one NPU."""

@@ -16,8 +16,11 @@ Same interface as ``TorchKernels`` (impls.py), same cache: the logical
   one TND tensor: the op's PageAttention path wants separate contiguous K and V caches, which
   the interleaved ``[K | V]`` rows are not.
 
-The op takes float16/bfloat16 only and, in TND, head size 128 or 192; anything else
-(float32, other head sizes) runs the pure-torch reference instead, logged once.
+The op takes float16/bfloat16 only and, in TND, head size 128 or 192 and at most 65536
+tokens; anything else (float32, other head sizes) runs the pure-torch reference instead,
+logged once. (The torch_npu 2.14.0 docs' TND paragraph names only head size 192 with equal
+head counts; vllm-ascend drives 128-dim GQA models through this same TND call on CANN 9.1,
+which is what is followed here until hardware says otherwise.)
 
 torch_npu is imported through ``device.torch_npu()`` on first use, never at module import.
 """
@@ -38,9 +41,10 @@ if TYPE_CHECKING:
 
 logger = init_logger(f"vllm.{__name__}")  # vLLM configures only "vllm.*"
 
-# npu_fused_infer_attention_score limits (op-plugin docs, TND layout without rope).
+# npu_fused_infer_attention_score limits (torch_npu 2.14.0 docs, TND layout without rope).
 FIA_DTYPES = (torch.float16, torch.bfloat16)
 FIA_TND_HEAD_SIZES = (128, 192)
+FIA_TND_MAX_TOKENS = 65536
 FIA_MAX_BATCH = 4096
 FIA_MAX_GQA_RATIO = 64
 FIA_MASK_SIZE = 2048  # sparse_mode 2/3/4 take this "optimised" mask
@@ -157,6 +161,8 @@ class NpuKernels:
             reasons.append(f"{num_heads} query heads over {key.shape[1]} KV heads")
         if num_reqs > FIA_MAX_BATCH:
             reasons.append(f"{num_reqs} requests in one step (max {FIA_MAX_BATCH})")
+        if query.shape[0] > FIA_TND_MAX_TOKENS:
+            reasons.append(f"{query.shape[0]} tokens in one step (max {FIA_TND_MAX_TOKENS})")
         if not reasons:
             return True
         why = ", ".join(reasons)

@@ -5,10 +5,12 @@ the same name, and calls its ``forward_oot`` on an out-of-tree platform. Each su
 below calls one fused torch_npu op when the call fits the op's documented limits and falls
 back to vLLM's own ``forward_native`` otherwise, so a model never breaks on an odd shape.
 
-One section per op. Limits come from the op pages of the Ascend op-plugin docs
-(``docs/zh/custom_APIs/torch_npu/``). torch_npu is imported through ``device.torch_npu()``
-by ``register()`` (or a layer's first eager call), never at import: under torch.compile the
-layers then only read a module global, which Dynamo traces (it cannot trace an import).
+One section per op. Signatures and limits follow the torch_npu wheel we pin (2.14.0: its
+``_op_plugin_docs.py``, registered schemas and meta functions, which
+tests/test_torch_npu_conformance.py checks the emulation and these call sites against).
+torch_npu is imported through ``device.torch_npu()`` by ``register()`` (or a layer's first
+eager call), never at import: under torch.compile the layers then only read module globals,
+which Dynamo traces (it cannot trace an import).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 from types import ModuleType
 
 import torch
+from vllm.logger import init_logger
 from vllm.model_executor import custom_op
 from vllm.model_executor.custom_op import CustomOp
 from vllm.model_executor.layers.activation import SiluAndMul
@@ -25,35 +28,35 @@ from vllm.model_executor.layers.rotary_embedding.mrope import MRotaryEmbedding
 
 from vllm_ascend_rerank import device
 
+logger = init_logger(f"vllm.{__name__}")  # vLLM configures only "vllm.*"
+
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
+# npu_mrope's cache_mode='interleave' (Qwen3-VL's interleaved M-RoPE) runs the aclnn kernel
+# RopeWithSinCosCacheV2, first shipped with this CANN; on an older one the op raises.
+MROPE_INTERLEAVE_CANN = "8.5.0"
 _torch_npu: ModuleType | None = None
+_mrope_interleave_ok = False
 
 
 def _npu() -> ModuleType:
-    global _torch_npu
+    global _torch_npu, _mrope_interleave_ok
     if _torch_npu is None:
         _torch_npu = device.torch_npu()
+        _mrope_interleave_ok = device.cann_at_least(MROPE_INTERLEAVE_CANN)
     return _torch_npu
 
 
 # ---- RMSNorm: npu_rms_norm / npu_add_rms_norm --------------------------------------------------
-# (self dtype, gamma dtype) pairs npu_rms_norm takes on Atlas A2/A3.
-_RMS_NORM_DTYPES = {
-    (torch.float16, torch.float32),
-    (torch.bfloat16, torch.float32),
-    (torch.float16, torch.float16),
-    (torch.bfloat16, torch.bfloat16),
-    (torch.float32, torch.float32),
-}
 
 
 class NpuRMSNorm(RMSNorm):
     """RMSNorm, with the residual add fused when a residual is given.
 
     Constraints: a learned weight (the weightless variant keeps a host tensor); no
-    ``var_hidden_size`` override; ``npu_rms_norm`` takes 2-8 dim inputs and the dtype pairs
-    above; ``npu_add_rms_norm`` wants x, residual and weight in one float dtype and
-    non-empty tensors of equal shape. Returns ``(normed, x + residual)`` like vLLM's fused op.
+    ``var_hidden_size`` override; ``npu_rms_norm`` takes 2-8 dim inputs with the weight in the
+    input's float dtype (2.14.0 has no mixed pair); ``npu_add_rms_norm`` wants x, residual and
+    weight in one float dtype and non-empty tensors of equal shape. Returns
+    ``(normed, x + residual)`` like vLLM's fused op.
     """
 
     def forward_oot(
@@ -73,7 +76,7 @@ class NpuRMSNorm(RMSNorm):
             return False
         weight = self.weight.data
         if residual is None:
-            return 2 <= x.dim() <= 8 and (x.dtype, weight.dtype) in _RMS_NORM_DTYPES
+            return 2 <= x.dim() <= 8 and x.dtype in _FLOATS and weight.dtype == x.dtype
         return (
             1 <= x.dim() <= 8
             and x.numel() > 0
@@ -106,7 +109,7 @@ class NpuSiluAndMul(SiluAndMul):
 
 
 # ---- MRotaryEmbedding: npu_mrope -----------------------------------------------------------------
-# mrope_section values npu_mrope documents (Qwen3-VL uses [24, 20, 20], interleaved).
+# 3-part mrope_section values the CANN kernels take (Qwen3-VL uses [24, 20, 20], interleaved).
 NPU_MROPE_SECTIONS = ([16, 24, 24], [24, 20, 20], [8, 12, 12])
 
 
@@ -114,12 +117,14 @@ class NpuMRotaryEmbedding(MRotaryEmbedding):
     """Multimodal RoPE (T/H/W sections, chunked or interleaved) through ``npu_mrope``.
 
     Constraints: query and key given as 2D ``[tokens, heads * head_size]``, no per-token
-    ``offsets``; float32/float16/bfloat16; head_size and rotary_dim multiples of 16 (float32)
-    or 32 (half types). 2D positions need a documented 3-part section; interleaved sections
-    map to ``cache_mode='interleave'``, whose H/W channel bound is ``3 * section[1]`` for both
-    axes (the same as vLLM's only when section[1] == section[2], true for every documented
-    section). 1D positions (text only) use plain RoPE mode. The cos/sin cache is the layer's
-    own (YaRN scaling already folded in).
+    ``offsets``; float32/float16/bfloat16; rotary_dim a multiple of 16 (float32) or 32 (half
+    types). 2D positions need a 3-part section the kernel lists; interleaved sections map to
+    ``cache_mode='interleave'``, which needs CANN >= ``MROPE_INTERLEAVE_CANN`` (older CANN:
+    vLLM's native code, said once at registration) and whose H/W channel bound is
+    ``3 * section[1]`` for both axes (vLLM's too when section[1] == section[2], true for every
+    listed section). 1D positions (text only) use plain RoPE mode. NeoX style is
+    ``rotary_mode='half'``, GPT-J style ``'interleave'``. The cos/sin cache is the layer's own
+    (YaRN scaling already folded in).
     """
 
     def forward_oot(
@@ -139,23 +144,25 @@ class NpuMRotaryEmbedding(MRotaryEmbedding):
             self._match_cos_sin_cache_dtype(query),
             self.head_size,
             mrope_section=list(self.mrope_section) if mrope else [0, 0, 0],
-            rotary_mode="half" if self.is_neox_style else "interleaved",
+            rotary_mode="half" if self.is_neox_style else "interleave",
             cache_mode="interleave" if mrope and self.mrope_interleaved else "default",
         )
 
     def _npu_fits(self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor) -> bool:
+        _npu()  # sets _mrope_interleave_ok on first use
         align = 16 if query.dtype == torch.float32 else 32
         if not (
             query.dim() == 2
             and key.dim() == 2
             and query.dtype in _FLOATS
             and key.dtype == query.dtype
-            and self.head_size % align == 0
             and self.rotary_dim % align == 0
         ):
             return False
         if positions.dim() == 1:
             return True
+        if self.mrope_interleaved and not _mrope_interleave_ok:
+            return False
         section = list(self.mrope_section or [])
         return section in NPU_MROPE_SECTIONS and positions.shape[0] == len(section)
 
@@ -224,6 +231,14 @@ REPLACEMENTS: dict[str, type[CustomOp]] = {
 def register() -> None:
     """Register the replacements (idempotent; refuses to displace someone else's)."""
     _npu()
+    if not _mrope_interleave_ok:
+        logger.warning_once(
+            "vllm-ascend-rerank: CANN %s predates %s, whose aclnnRopeWithSinCosCacheV2 "
+            "npu_mrope needs for interleaved M-RoPE (Qwen3-VL): those layers run vLLM's "
+            "native M-RoPE.",
+            device.cann_version(),
+            MROPE_INTERLEAVE_CANN,
+        )
     for in_tree_name, cls in REPLACEMENTS.items():
         current = custom_op.op_registry_oot.get(in_tree_name)
         if current is cls:

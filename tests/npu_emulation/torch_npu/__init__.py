@@ -7,18 +7,15 @@ their documented semantics, and it refuses what the documentation says the real 
 (layouts, dtypes, shapes, missing arguments), so that a wrong call fails here before it fails
 on hardware. Features the real op has but our code never uses raise ``NotImplementedError``.
 
-Sources (Ascend op-plugin repository, ``docs/zh/custom_APIs/torch_npu/``, master 2026-08;
-the same pages are published as the "Ascend Extension for PyTorch custom API reference" on
-hiascend.com):
-
-- ``torch_npu-npu_fused_infer_attention_score.md``
-- ``torch_npu-npu_fusion_attention.md``
-- ``（beta）torch_npu-npu_rms_norm.md``, ``torch_npu-npu_add_rms_norm.md``
-- ``（beta）torch_npu-npu_swiglu.md``
-- ``torch_npu-npu_mrope.md``
-- ``torch_npu-npu_scatter_nd_update_.md``
-- NPUGraph: Ascend/pytorch ``docs/en/developer_notes/framework_feature_guide_pytorch/
-  pytorch_npugraph_desc.md`` (``torch_npu.npu.NPUGraph``, ``torch_npu.npu.graph``).
+Source: the torch_npu wheel we pin (pyproject's ``[npu]`` extra, 2.14.0), which publishes each
+op's registered schema (``torch_npu/csrc/aten/npu_native_functions_by_codegen.yaml``), its
+documented rules (``torch_npu/_op_plugin_docs.py``) and its output shapes/dtypes
+(``torch_npu/op_plugin/meta/_meta_registrations.py``). tests/test_torch_npu_conformance.py reads
+those from the downloaded wheel and fails on any difference in signatures or outputs. Where the
+2.14.0 docs are silent the newer op pages (Ascend op-plugin ``docs/zh/custom_APIs/torch_npu/``)
+fill in, as each op's docstring says. NPUGraph: Ascend/pytorch ``docs/en/developer_notes/
+framework_feature_guide_pytorch/pytorch_npugraph_desc.md``. ``torch_npu.npu.utils`` reports
+the emulated CANN version (``cann``), which gates the ops that need newer aclnn kernels.
 
 Importing this package installs ``torch.npu`` (as the real torch_npu does). The emulated device
 reports itself unavailable (``torch.npu.is_available() is False``): tensors stay on the CPU and
@@ -75,9 +72,10 @@ from .graphs import (
     is_current_stream_capturing,
 )
 from .npu_module import _build_npu_module
+from . import cann
 # isort: on
 
-__version__ = "2.13.0+emulation"
+__version__ = "2.14.0+emulation"
 __emulation__ = True
 
 __all__ = [
@@ -106,6 +104,8 @@ __all__ = [
 
 npu = _build_npu_module()
 sys.modules["torch_npu.npu"] = npu
+npu.utils = cann.utils  # type: ignore[attr-defined]
+sys.modules["torch_npu.npu.utils"] = cann.utils
 # torch_npu._C: the helpers of the real extension module that the plugin calls.
 _C = types.ModuleType("torch_npu._C")
 _C._weak_ref_tensor = _weak_ref_tensor  # type: ignore[attr-defined]

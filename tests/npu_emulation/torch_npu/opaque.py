@@ -45,10 +45,10 @@ npu_add_rms_norm = _opaque(
 )
 
 
-def _swiglu_fake(input: torch.Tensor, dim: int = -1) -> torch.Tensor:  # noqa: A002
-    shape = list(input.shape)
+def _swiglu_fake(self: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    shape = list(self.shape)
     shape[dim] //= 2
-    return input.new_empty(shape)
+    return self.new_empty(shape)
 
 
 npu_swiglu = _opaque(ops_activation.npu_swiglu, _swiglu_fake)

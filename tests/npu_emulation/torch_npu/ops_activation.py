@@ -8,20 +8,23 @@ import torch.nn.functional as F  # noqa: N812 - the usual alias
 from ._common import _FLOATS, _check, _count
 
 
-def npu_swiglu(input: torch.Tensor, dim: int = -1) -> torch.Tensor:  # noqa: A002 - doc name
-    """``torch_npu.npu_swiglu(input, dim=-1) -> Tensor``.
+def npu_swiglu(self: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """``torch_npu.npu_swiglu(self, dim=-1) -> Tensor``.
 
-    Follows "(beta) torch_npu.npu_swiglu" (op-plugin docs): A, B = input split in halves along
-    ``dim``; out = A * sigmoid(A) * B. 1-8 dims, even size on ``dim``, float32/float16/bfloat16,
-    contiguous and non-empty input.
+    Source: the torch_npu 2.14.0 wheel (schema: ``csrc/aten/npu_native_functions_by_codegen
+    .yaml``; rules: ``_op_plugin_docs.py``; output: ``op_plugin/meta/_meta_registrations.py``;
+    checked by tests/test_torch_npu_conformance.py). A, B = ``self`` halved along ``dim``;
+    out = A * sigmoid(A) * B in ``self``'s dtype. 1-8 dims, float32/float16/bfloat16, an even
+    size on ``dim`` (the halves must match). The 2.14.0 docs say nothing of layout; the newer
+    op page asks for a contiguous, non-empty input, kept here as the stricter reading.
     """
     op = "npu_swiglu"
     _count(op)
-    _check(1 <= input.dim() <= 8, op, f"input must have 1-8 dims, got {input.dim()}")
-    _check(input.is_contiguous(), op, "non-contiguous input is not supported")
-    _check(input.numel() > 0, op, "empty input is not supported")
-    _check(input.dtype in _FLOATS, op, f"dtype {input.dtype} is not supported")
-    _check(-input.dim() <= dim < input.dim(), op, f"dim {dim} out of range")
-    _check(input.shape[dim] % 2 == 0, op, f"size {input.shape[dim]} on dim {dim} must be even")
-    a, b = input.float().chunk(2, dim=dim)
-    return (F.silu(a) * b).to(input.dtype)
+    _check(1 <= self.dim() <= 8, op, f"self must have 1-8 dims, got {self.dim()}")
+    _check(self.is_contiguous(), op, "non-contiguous input is not supported")
+    _check(self.numel() > 0, op, "empty input is not supported")
+    _check(self.dtype in _FLOATS, op, f"dtype {self.dtype} is not supported")
+    _check(-self.dim() <= dim < self.dim(), op, f"dim {dim} out of range")
+    _check(self.shape[dim] % 2 == 0, op, f"size {self.shape[dim]} on dim {dim} must be even")
+    a, b = self.float().chunk(2, dim=dim)
+    return (F.silu(a) * b).to(self.dtype)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual alias
@@ -41,22 +40,24 @@ def _attend(
 # ---------------------------------------------------------------------------------------------
 # npu_fused_infer_attention_score
 # ---------------------------------------------------------------------------------------------
-_FIA_LAYOUTS = (
-    "BSH", "BSND", "BNSD", "BNSD_BSND", "BSH_NBSD", "BSND_NBSD", "BNSD_NBSD",
-    "TND", "TND_NTD", "NTD_TND",
-)  # fmt: skip
+# input_layout values the torch_npu 2.14.0 docs name for Atlas A2/A3.
+_FIA_LAYOUTS = ("BSH", "BSND", "BNSD", "BNSD_BSND", "TND", "TND_NTD", "NTD_TND")
+_FIA_SPARSE_MODES = (0, 1, 2, 3, 4, 9)  # "only 0, 1, 2, 3, 4 and 9 are supported"
+_FIA_MAX_TND_TOKENS = 65536
+# Keyword arguments of the registered schema that the plugin never passes: not emulated.
 _FIA_UNEMULATED = (
     "pse_shift", "dequant_scale1", "quant_scale1", "dequant_scale2", "quant_scale2",
-    "quant_offset2", "antiquant_scale", "antiquant_offset", "query_padding_size",
-    "kv_padding_size", "key_antiquant_scale", "key_antiquant_offset", "value_antiquant_scale",
-    "value_antiquant_offset", "key_shared_prefix", "value_shared_prefix",
+    "quant_offset2", "antiquant_scale", "antiquant_offset", "key_antiquant_scale",
+    "key_antiquant_offset", "value_antiquant_scale", "value_antiquant_offset",
+    "query_padding_size", "kv_padding_size", "key_shared_prefix", "value_shared_prefix",
     "actual_shared_prefix_len", "query_rope", "key_rope", "key_rope_antiquant_scale",
 )  # fmt: skip
 
 
 def _check_causal_mask(mask: torch.Tensor | None, op: str) -> None:
-    """sparse_mode 2/3/4 take the "optimised" 2048 x 2048 mask (1 = masked, strictly above
-    the diagonal); the emulation also checks its content, which the real op trusts."""
+    """sparse_mode 2/3/4 take the optimised 2048 x 2048 mask (1 = masked, strictly above the
+    diagonal; the 2.14.0 docs leave the user to guarantee the triangle): the emulation checks
+    its content too."""
     _check(mask is not None, op, "sparse_mode 3 needs the optimised 2048x2048 atten_mask")
     assert mask is not None
     _check(
@@ -74,10 +75,30 @@ def npu_fused_infer_attention_score(
     key: torch.Tensor,
     value: torch.Tensor,
     *,
+    pse_shift: torch.Tensor | None = None,
     atten_mask: torch.Tensor | None = None,
     actual_seq_lengths: Sequence[int] | None = None,
     actual_seq_lengths_kv: Sequence[int] | None = None,
+    dequant_scale1: torch.Tensor | None = None,
+    quant_scale1: torch.Tensor | None = None,
+    dequant_scale2: torch.Tensor | None = None,
+    quant_scale2: torch.Tensor | None = None,
+    quant_offset2: torch.Tensor | None = None,
+    antiquant_scale: torch.Tensor | None = None,
+    antiquant_offset: torch.Tensor | None = None,
+    key_antiquant_scale: torch.Tensor | None = None,
+    key_antiquant_offset: torch.Tensor | None = None,
+    value_antiquant_scale: torch.Tensor | None = None,
+    value_antiquant_offset: torch.Tensor | None = None,
     block_table: torch.Tensor | None = None,
+    query_padding_size: torch.Tensor | None = None,
+    kv_padding_size: torch.Tensor | None = None,
+    key_shared_prefix: torch.Tensor | None = None,
+    value_shared_prefix: torch.Tensor | None = None,
+    actual_shared_prefix_len: Sequence[int] | None = None,
+    query_rope: torch.Tensor | None = None,
+    key_rope: torch.Tensor | None = None,
+    key_rope_antiquant_scale: torch.Tensor | None = None,
     num_heads: int = 1,
     scale: float = 1.0,
     pre_tokens: int = _INT_MAX,
@@ -88,52 +109,65 @@ def npu_fused_infer_attention_score(
     inner_precise: int = 0,
     block_size: int = 0,
     antiquant_mode: int = 0,
-    softmax_lse_flag: bool = False,
     key_antiquant_mode: int = 0,
     value_antiquant_mode: int = 0,
-    **unemulated: Any,
+    softmax_lse_flag: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``torch_npu.npu_fused_infer_attention_score(query, key, value, *, ...) -> (out, lse)``.
 
-    Follows "torch_npu.npu_fused_infer_attention_score" (op-plugin docs). Emulated: the TND
-    layout (query [T, N, D], T = sum of the batch's query lengths) with
-    ``actual_seq_lengths`` = cumulative query lengths (required, one entry per batch, <= 4096),
-    GQA through ``num_key_value_heads`` (divides ``num_heads``, ratio <= 64), ``scale``, and
-    ``sparse_mode`` 0 (no mask; TND allows no mask with mode 0) or 3 (rightDownCausal: query i of
-    a batch with Sq queries and Skv keys sees keys j <= i + Skv - Sq; needs the optimised
-    2048x2048 triu mask). Without ``block_table`` key/value are [T_kv, KV_N, D] and
-    ``actual_seq_lengths_kv`` is cumulative. With ``block_table`` (int32 [B, >= max blocks],
-    PageAttention) key/value are the paged caches [num_blocks, block_size, KV_N*D] or
-    [num_blocks, KV_N, block_size, D], ``block_size`` must match them (multiple of 16, <= 1024
-    for TND with D != 512) and ``actual_seq_lengths_kv`` holds each batch's own KV length (the
-    form vllm-ascend's attention_v1.py passes with a block table).
-    query/key/value: float16 or bfloat16 only (no float32), contiguous; TND without rope needs
-    D = 128 (or 192). Returns (attention_out [T, N, D] in query's dtype, softmax_lse [1] = 0).
+    Source: the torch_npu 2.14.0 wheel (schema, in its order: ``csrc/aten/
+    npu_native_functions_by_codegen.yaml``; rules: ``_op_plugin_docs.py``; outputs:
+    ``op_plugin/meta/_meta_registrations.py``; checked by tests/test_torch_npu_conformance.py).
+    Emulated: the TND layout (query [T, N, D], T <= 65536, T >= the last cumulative query
+    length) with ``actual_seq_lengths`` = cumulative query lengths (required; its length is the
+    batch, <= 4096), GQA through ``num_key_value_heads`` (divides ``num_heads``, ratio <= 64,
+    at most 256 heads), ``scale``, and ``sparse_mode`` 0 (TND: no mask) or 3 (rightDownCausal:
+    query i of a batch with Sq queries and Skv >= Sq keys sees keys j <= i + Skv - Sq; needs
+    the optimised 2048x2048 lower-triangular mask). Without ``block_table`` key/value are
+    [T_kv, KV_N, D] and ``actual_seq_lengths_kv`` is cumulative. With ``block_table`` (int32
+    [B, >= max blocks], PageAttention) key/value are the paged caches [num_blocks, block_size,
+    KV_N*D] or [num_blocks, KV_N, block_size, D], ``block_size`` in 128..512 by 128, and
+    ``actual_seq_lengths_kv`` holds each batch's own KV length. float16/bfloat16 only,
+    contiguous. Returns (attention_out [T, N, D] in query's dtype, softmax_lse): with
+    ``softmax_lse_flag`` False the eager op returns a [1] zero tensor, as its docs say (its meta
+    function says [0]: the conformance test pins this disagreement).
+
+    One departure, on purpose: the 2.14.0 docs' TND paragraph allows only Q/K head dim 192,
+    equal Q/K/V head counts and bfloat16, a DeepSeek-MLA shape; vllm-ascend (torch_npu
+    2.10.0.post4, CANN 9.1) runs every GQA model with 128-dim heads, float16 or bfloat16,
+    through this TND path, so the emulation takes head dim 128 or 192 and GQA. Only hardware
+    can settle it (tests/test_npu_hardware.py).
     """
     op = "npu_fused_infer_attention_score"
     _count(op)
-    for name, val in unemulated.items():
-        if name not in _FIA_UNEMULATED:
-            raise TypeError(f"{op}() got an unexpected keyword argument {name!r}")
-        if val is not None:
+    given = locals()
+    for name in _FIA_UNEMULATED:
+        if given[name] is not None:
             raise NotImplementedError(f"{op}: {name} is not emulated")
     if softmax_lse_flag:
         raise NotImplementedError(f"{op}: softmax_lse_flag=True is not emulated")
+    _check(num_heads > 0, op, f"num_heads must be > 0, got {num_heads}")
     _check(input_layout in _FIA_LAYOUTS, op, f"input_layout {input_layout!r} is not supported")
     if input_layout != "TND":
         raise NotImplementedError(f"{op}: input_layout {input_layout!r} is not emulated")
+    if query.dtype == torch.int8:
+        raise NotImplementedError(f"{op}: int8 (quantised) attention is not emulated")
     _check(query.dtype in _HALF, op, f"query dtype {query.dtype} is not supported")
     _check(key.dtype == query.dtype and value.dtype == query.dtype, op, "key/value dtype")
     for name, t in (("query", query), ("key", key), ("value", value)):
         _check(t.is_contiguous(), op, f"{name} must be contiguous")
     _check(query.dim() == 3, op, f"TND query must be 3D [T, N, D], got {tuple(query.shape)}")
     total_q, n, d = query.shape
+    _check(total_q <= _FIA_MAX_TND_TOKENS, op, f"TND takes at most {_FIA_MAX_TND_TOKENS} tokens")
     nkv = num_key_value_heads or num_heads
     _check(num_heads == n, op, f"num_heads {num_heads} != query heads {n}")
     _check(n <= 256 and nkv <= 256, op, "at most 256 heads")
     _check(n % nkv == 0 and n // nkv <= 64, op, f"num_heads {n} / num_key_value_heads {nkv}")
     _check(d in (128, 192), op, f"TND without rope needs head dim 128 or 192, got {d}")
     _check(isinstance(scale, float), op, "scale must be a float")
+    _check(sparse_mode in _FIA_SPARSE_MODES, op, f"sparse_mode {sparse_mode} is not supported")
+    if sparse_mode == 4:
+        raise NotImplementedError(f"{op}: sparse_mode 4 (band) is not emulated")
     _check(sparse_mode in (0, 3), op, "TND supports sparse_mode 0 (no mask) or 3 (with mask)")
     if sparse_mode == 0:
         _check(atten_mask is None, op, "TND with sparse_mode 0 takes no atten_mask")
@@ -163,6 +197,13 @@ def npu_fused_infer_attention_score(
     context = False
     for b, (ks, vs) in enumerate(kv_rows):
         qs, qe = (q_cum[b - 1] if b else 0), q_cum[b]
+        # rightDownCausal with more queries than keys would leave rows seeing nothing; the
+        # docs ask for fewer queries than keys per batch (equal is what every prefill passes).
+        _check(
+            sparse_mode != 3 or qe - qs <= ks.shape[0],
+            op,
+            f"batch {b}: {qe - qs} queries over {ks.shape[0]} keys with sparse_mode 3",
+        )
         context |= ks.shape[0] > qe - qs
         if qe > qs:
             out[qs:qe] = _attend(query[qs:qe], ks, vs, scale, sparse_mode == 3).to(query.dtype)
@@ -202,13 +243,18 @@ def npu_fusion_attention(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int, int, int]:
     """``torch_npu.npu_fusion_attention(query, key, value, head_num, input_layout, ...)``.
 
-    Follows "torch_npu.npu_fusion_attention" (op-plugin docs). Emulated: input_layout "TND"
-    (varlen): query [T, N, D], key/value [T_kv, N_kv, D] (N divisible by N_kv, N <= 256,
-    D <= 768, Dk >= Dv), float16/bfloat16/float32 with one dtype for all; actual_seq_qlen and
-    actual_seq_kvlen are required cumulative lengths (at most 1024 batches in varlen); no
-    atten_mask means full attention (sparse_mode has no effect), keep_prob 1 (no dropout).
-    Returns the documented 7-tuple; only attention_out (first) is computed, the softmax
-    statistics used by the backward pass are empty tensors.
+    Source: the torch_npu 2.14.0 wheel (schema: ``csrc/aten/npu_native_functions_by_codegen
+    .yaml``, whose last four arguments its ``_op_plugin_docs.py`` prototype omits; rules: the
+    docs; outputs: ``op_plugin/meta/_meta_registrations.py``; checked by
+    tests/test_torch_npu_conformance.py). Emulated: input_layout "TND" (varlen): query
+    [T, N, D], key/value [T_kv, N_kv, D] (N divisible by N_kv, N <= 256, D <= 768, Dk >= Dv),
+    float16/bfloat16/float32 with one dtype for all; actual_seq_qlen and actual_seq_kvlen are
+    required cumulative lengths (at most 1024 batches in varlen); no atten_mask means full
+    attention (sparse_mode has no effect), keep_prob 1 (no dropout). Returns the 7-tuple with
+    the meta function's shapes: attention_out [T, N, Dv], softmax_max and softmax_sum
+    [T, N, 8] float32 (zeros here: only the backward pass reads them), softmax_out [0], then
+    seed, offset and the dropout-mask length as ints. The docs call it a training op without
+    graph-mode support: the plugin runs it only in the eager vision tower.
     """
     op = "npu_fusion_attention"
     _count(op)
@@ -246,5 +292,6 @@ def npu_fusion_attention(
             out[qs:qe] = _attend(query[qs:qe], key[ks:ke], value[ks:ke], scale, False).to(
                 query.dtype
             )
-    empty = torch.empty(0, dtype=torch.float32)
-    return out, empty, empty, empty, seed, offset, 0
+    stats = torch.zeros(total_q, n, 8, dtype=torch.float32)
+    softmax_out = torch.empty(0, dtype=query.dtype)
+    return out, stats, stats.clone(), softmax_out, seed, offset, 0

@@ -15,35 +15,37 @@ _SCATTER_DTYPES = (
 
 
 def npu_scatter_nd_update_(
-    input: torch.Tensor,  # noqa: A002 - doc name
+    self: torch.Tensor,
     indices: torch.Tensor,
     updates: torch.Tensor,
 ) -> torch.Tensor:
-    """``torch_npu.npu_scatter_nd_update_(input, indices, updates) -> Tensor`` (in place).
+    """``torch_npu.npu_scatter_nd_update_(self, indices, updates) -> Tensor`` (in place).
 
-    Follows "torch_npu.npu_scatter_nd_update_" (op-plugin docs): with a = indices.shape[-1],
-    input[indices[i]] = updates[i] over input's first a dims. input: 1-8 dims (non-contiguous
-    allowed), dtype float32/float16/bool/bfloat16/int64/int8 (A2/A3), updates of the same
-    dtype with shape indices.shape[:-1] + input.shape[a:]; indices int32/int64, >= 2D, never
-    out of bounds (the real op does not support it; the emulation raises).
+    Source: the torch_npu 2.14.0 wheel (schema: ``csrc/aten/npu_native_functions_by_codegen
+    .yaml``; rules: ``_op_plugin_docs.py``; output: ``op_plugin/meta/_meta_registrations.py``;
+    checked by tests/test_torch_npu_conformance.py): with a = indices.shape[-1],
+    self[indices[i]] = updates[i] over self's first a dims; returns ``self``. self: 1-8 dims
+    (views allowed), float32/float16/bool/bfloat16/int64/int8 on A2/A3; updates of the same
+    dtype, shaped indices.shape[:-1] + self.shape[a:]; indices int32/int64, >= 2D, never out of
+    bounds (the op does not support it; the emulation raises).
     """
     op = "npu_scatter_nd_update_"
     _count(op)
-    _check(1 <= input.dim() <= 8, op, f"input must have 1-8 dims, got {input.dim()}")
-    _check(input.dtype in _SCATTER_DTYPES, op, f"dtype {input.dtype} is not supported")
-    _check(updates.dtype == input.dtype, op, "updates must have input's dtype")
+    _check(1 <= self.dim() <= 8, op, f"self must have 1-8 dims, got {self.dim()}")
+    _check(self.dtype in _SCATTER_DTYPES, op, f"dtype {self.dtype} is not supported")
+    _check(updates.dtype == self.dtype, op, "updates must have self's dtype")
     _check(indices.dtype in (torch.int32, torch.int64), op, "indices must be int32/int64")
     _check(indices.dim() >= 2, op, "indices must have at least 2 dims")
     a = indices.shape[-1]
-    _check(1 <= a <= input.dim(), op, f"indices.shape[-1]={a} exceeds input dims {input.dim()}")
-    want = tuple(indices.shape[:-1]) + tuple(input.shape[a:])
+    _check(1 <= a <= self.dim(), op, f"indices.shape[-1]={a} exceeds self dims {self.dim()}")
+    want = tuple(indices.shape[:-1]) + tuple(self.shape[a:])
     _check(tuple(updates.shape) == want, op, f"updates shape {tuple(updates.shape)} != {want}")
     idx = indices.reshape(-1, a).long()
     if idx.numel():
-        bounds = torch.tensor(input.shape[:a])
+        bounds = torch.tensor(self.shape[:a])
         _check(bool(((idx >= 0) & (idx < bounds)).all()), op, "indices out of bounds")
-        input[tuple(idx.t())] = updates.reshape(-1, *input.shape[a:])
-    return input
+        self[tuple(idx.t())] = updates.reshape(-1, *self.shape[a:])
+    return self
 
 
 def _paged_kv(
@@ -60,7 +62,12 @@ def _paged_kv(
     _check(block_table.dtype == torch.int32, op, "block_table must be int32")
     _check(block_table.dim() == 2, op, "block_table must be 2D [B, maxBlockNumPerSeq]")
     _check(block_table.shape[0] == len(kv_lens), op, "block_table rows must equal the batch")
-    _check(block_size > 0 and block_size % 16 == 0 and block_size <= 1024, op, "block_size")
+    # torch_npu 2.14.0 _op_plugin_docs.py: PageAttention blocks hold 128..512 tokens, by 128.
+    _check(
+        128 <= block_size <= 512 and block_size % 128 == 0,
+        op,
+        f"block_size {block_size}: PageAttention takes 128, 256, 384 or 512",
+    )
     _check(key.shape == value.shape, op, "key and value caches must have the same shape")
     if key.dim() == 3:  # (blocknum, blocksize, H)
         _check(key.shape[1:] == (block_size, nkv * d), op, f"key cache {tuple(key.shape)}")

@@ -6,15 +6,6 @@ import torch
 
 from ._common import _FLOATS, _check, _count
 
-# Atlas A2/A3 table of (self dtype, gamma dtype) pairs.
-_RMS_NORM_DTYPES = {
-    (torch.float16, torch.float32),
-    (torch.bfloat16, torch.float32),
-    (torch.float16, torch.float16),
-    (torch.bfloat16, torch.bfloat16),
-    (torch.float32, torch.float32),
-}
-
 
 def _rms(x: torch.Tensor, gamma_dims: int, epsilon: float) -> torch.Tensor:
     dims = tuple(range(x.dim() - gamma_dims, x.dim()))
@@ -26,10 +17,12 @@ def npu_rms_norm(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``torch_npu.npu_rms_norm(self, gamma, epsilon=1e-06) -> (Tensor, Tensor)``.
 
-    Follows "(beta) torch_npu.npu_rms_norm" (op-plugin docs): y = x / Rms(x) * gamma with
-    Rms over the trailing ``gamma.dim()`` axes; returns (y in self's dtype, rstd in float32 with
-    the normalised axes kept as size 1). ``self`` has 2-8 dims; gamma's shape is ``self``'s
-    trailing shape; dtype pairs per the A2/A3 table.
+    Source: the torch_npu 2.14.0 wheel (schema: ``csrc/aten/npu_native_functions_by_codegen
+    .yaml``; rules: ``_op_plugin_docs.py``; outputs: ``op_plugin/meta/_meta_registrations.py``;
+    checked by tests/test_torch_npu_conformance.py): y = x / Rms(x) * gamma with Rms over the
+    trailing ``gamma.dim()`` axes; returns (y in self's dtype, rstd in float32 with the
+    normalised axes kept as size 1). ``self`` has 2-8 dims and is float16/bfloat16/float32;
+    gamma has ``self``'s dtype (2.14.0 allows no mixed pair) and trailing shape.
     """
     op = "npu_rms_norm"
     _count(op)
@@ -39,10 +32,11 @@ def npu_rms_norm(
         op,
         f"gamma shape {tuple(gamma.shape)} must equal self's trailing shape {tuple(self.shape)}",
     )
+    _check(self.dtype in _FLOATS, op, f"unsupported dtype self={self.dtype}")
     _check(
-        (self.dtype, gamma.dtype) in _RMS_NORM_DTYPES,
+        gamma.dtype == self.dtype,
         op,
-        f"unsupported dtypes self={self.dtype} gamma={gamma.dtype}",
+        f"unsupported dtypes self={self.dtype} gamma={gamma.dtype}: gamma takes self's dtype",
     )
     x = self.float()
     rstd = _rms(x, gamma.dim(), epsilon)
@@ -55,10 +49,12 @@ def npu_add_rms_norm(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``torch_npu.npu_add_rms_norm(x1, x2, gamma, epsilon=1e-06) -> (y, rstd, x)``.
 
-    Follows "torch_npu.npu_add_rms_norm" (op-plugin docs): x = x1 + x2, y = RMSNorm(x) * gamma.
-    x1/x2: 1-8 dims, float32/float16/bfloat16, not empty; gamma has x1's dtype and trailing
-    shape. Returns y and x in x1's dtype, rstd in float32. The sum is normalised before it is
-    rounded to x1's dtype.
+    Source: the torch_npu 2.14.0 wheel (schema: ``csrc/aten/npu_native_functions_by_codegen
+    .yaml``; outputs: ``op_plugin/meta/_meta_registrations.py``; checked by
+    tests/test_torch_npu_conformance.py). Its ``_op_plugin_docs.py`` has no entry for this op,
+    so the rules are the newer op page's: x = x1 + x2, y = RMSNorm(x) * gamma. x1/x2: 1-8 dims,
+    float32/float16/bfloat16, not empty; gamma has x1's dtype and trailing shape. Returns y and
+    x in x1's dtype, rstd in float32. The sum is normalised before it is rounded to x1's dtype.
     """
     op = "npu_add_rms_norm"
     _count(op)

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import torch
 
+from . import cann
 from ._common import _FLOATS, _check, _count
 
-# mrope_section values the page lists as MRoPE configurations ([0, 0, 0] / None = plain RoPE).
-_MROPE_SECTIONS = ([16, 24, 24], [24, 20, 20], [8, 12, 12], [16, 16, 16, 16])
+# The 3-part sections the CANN kernels (aclnnRopeWithSinCosCache and its V2) accept. The
+# torch_npu 2.14.0 docs state only the sum rule; the kernel's list comes from the CANN op docs.
+_MROPE_SECTIONS = ([16, 24, 24], [24, 20, 20], [8, 12, 12])
+_ROTARY_MODES = ("half", "interleave")  # _op_plugin_docs.py names exactly these two
 
 
 def _mrope_cos_sin(
     cos_sin: torch.Tensor, section: list[int], cache_mode: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos_sin [m, T, rotary_dim] -> cos, sin [T, rotary_dim / 2] per the page's formulas."""
+    """cos_sin [3, T, rotary_dim] -> cos, sin [T, rotary_dim / 2]. 'default' concatenates the
+    T/H/W sections; 'interleave' (no formula in the 2.14.0 docs; the newer op page's) is
+    channel-wise round robin, the layout vLLM uses when section[1] == section[2]."""
     cos, sin = cos_sin.chunk(2, dim=-1)
     if cache_mode == "default":
         return (
@@ -61,36 +66,41 @@ def npu_mrope(
     """``torch_npu.npu_mrope(positions, query, key, cos_sin_cache, head_size, *,
     mrope_section=None, rotary_mode='half', cache_mode='default') -> (Tensor, Tensor)``.
 
-    Follows "torch_npu.npu_mrope" (op-plugin docs). RoPE mode: positions [T], section None or
-    [0, 0, 0]. MRoPE mode: positions [m, T] with m = len(section) (3 or 4); section one of the
-    documented configurations, summing to rotary_dim / 2. cos_sin_cache [max_seq_len, rotary_dim]
-    holds cos then sin. query/key are 2D [T, heads * head_size], same float dtype as the cache.
-    head_size and rotary_dim must be multiples of 32 (float16/bfloat16) or 16 (float32).
-    cache_mode 'interleave' (MRoPE only, not with 4 sections) interleaves T/H/W channels.
-    Returns new tensors.
+    Source: the torch_npu 2.14.0 wheel (schema: ``csrc/aten/npu_native_functions_by_codegen
+    .yaml``; rules: ``_op_plugin_docs.py``; outputs: ``op_plugin/meta/_meta_registrations.py``;
+    checked by tests/test_torch_npu_conformance.py). RoPE mode: 1D positions [T], section None
+    or [0, 0, 0]. MRoPE mode: positions [3, T], a section the CANN kernel lists, summing to
+    rotary_dim / 2. cos_sin_cache [max_seq_len, rotary_dim] holds cos then sin; query/key are
+    2D [T, heads * head_size] in the cache's float dtype; views and empty tensors are fine.
+    rotary_dim is a multiple of 32 (float16/bfloat16) or 16 (float32). rotary_mode 'half'
+    (NeoX) or 'interleave' (GPT-J). cache_mode 'interleave' needs the CANN kernel
+    aclnnRopeWithSinCosCacheV2 (the op checks for it; see ``cann``). Returns new tensors.
     """
     op = "npu_mrope"
     _count(op)
     section = list(mrope_section) if mrope_section is not None else [0, 0, 0]
     rope_mode = all(s == 0 for s in section)
     _check(positions.dtype in (torch.int32, torch.int64), op, "positions must be int32/int64")
+    _check(rotary_mode in _ROTARY_MODES, op, f"rotary_mode must be one of {_ROTARY_MODES}, "
+           f"got {rotary_mode!r}")  # fmt: skip
+    _check(cache_mode in ("default", "interleave"), op, f"cache_mode {cache_mode!r}")
+    _check(
+        cache_mode == "default" or cann.has_aclnn("aclnnRopeWithSinCosCacheV2"),
+        op,
+        f"cache_mode={cache_mode!r} requires aclnnRopeWithSinCosCacheV2, absent from CANN "
+        f"{cann.get_cann_version()}: upgrade CANN or use cache_mode='default'",
+    )
     if rope_mode:
         _check(positions.dim() == 1, op, "RoPE mode takes 1D positions [num_tokens]")
+        # Not in the 2.14.0 docs; kept because the op has no T/H/W rows to interleave then.
         _check(cache_mode == "default", op, "RoPE mode supports cache_mode='default' only")
     else:
         _check(section in _MROPE_SECTIONS, op, f"mrope_section {section} is not supported")
         _check(
-            positions.dim() == 2 and positions.shape[0] == len(section),
+            positions.dim() == 2 and positions.shape[0] == 3,
             op,
-            f"MRoPE positions must be [{len(section)}, num_tokens], got {tuple(positions.shape)}",
+            f"MRoPE positions must be [3, num_tokens], got {tuple(positions.shape)}",
         )
-        _check(
-            not (cache_mode == "interleave" and len(section) == 4),
-            op,
-            "cache_mode='interleave' is not supported with a 4-part mrope_section",
-        )
-    _check(rotary_mode in ("half", "interleaved"), op, f"rotary_mode {rotary_mode!r}")
-    _check(cache_mode in ("default", "interleave"), op, f"cache_mode {cache_mode!r}")
     _check(query.dim() == 2 and key.dim() == 2, op, "query and key must be 2D [T, heads*head_size]")
     num_tokens = positions.shape[-1]
     _check(
@@ -107,7 +117,6 @@ def npu_mrope(
     _check(cos_sin_cache.dim() == 2, op, "cos_sin_cache must be 2D [max_seq_len, rotary_dim]")
     rotary_dim = cos_sin_cache.shape[1]
     align = 16 if query.dtype == torch.float32 else 32
-    _check(head_size % align == 0, op, f"head_size {head_size} must be a multiple of {align}")
     _check(rotary_dim % align == 0, op, f"rotary_dim {rotary_dim} must be a multiple of {align}")
     _check(rotary_dim <= head_size, op, "rotary_dim must be <= head_size")
     _check(
@@ -129,6 +138,6 @@ def npu_mrope(
         cos, sin = _mrope_cos_sin(cos_sin, section, cache_mode)
     outs = []
     for x in (query, key):
-        heads = x.float().view(num_tokens, -1, head_size)
+        heads = x.float().reshape(num_tokens, -1, head_size)  # views are allowed
         outs.append(_rotate(heads, cos, sin, rotary_mode).reshape(x.shape).to(x.dtype))
     return outs[0], outs[1]
