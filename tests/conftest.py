@@ -58,6 +58,17 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def heads128_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real rerankers' attention shape, shrunk: 128-dim heads (2 query heads over 1 KV
+    head, GQA) and their interleaved M-RoPE sections [24, 20, 20], the shape the fused NPU
+    attention and npu_mrope take (the 16-dim default checkpoint falls back to torch code)."""
+    from vllm_ascend_rerank.tiny_checkpoint import make_tiny_checkpoint
+
+    base = tmp_path_factory.mktemp("checkpoints-heads128")
+    return make_tiny_checkpoint(base / "tied", head_dim=128, hidden_size=256, seed=2)
+
+
+@pytest.fixture(scope="session")
 def reference_factory():
     """OfficialReranker per checkpoint, loaded once."""
     from reference import OfficialReranker
