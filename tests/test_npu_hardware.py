@@ -1,24 +1,19 @@
 """The NPU code paths on a real Ascend NPU (skipped anywhere else).
 
-Run on an Ascend host (CANN, torch_npu 2.13.0 and triton-ascend installed, one free NPU):
+Run on an Ascend host (CANN, torch_npu 2.14.0 and triton-ascend installed, one free NPU):
 
     VLLM_ASCEND_RERANK_DEVICE=npu python -m pytest tests/test_npu_hardware.py -m npu -v
 
 The same kernel checks as tests/test_npu_emulation.py, on the device: each torch_npu op our
 code calls against a plain torch computation, NpuKernels against TorchKernels, the CustomOp
 replacements against vLLM's forward_native, an ACL graph capture/replay, the Triton kernel
-compiled by triton-ascend, and a ``vllm serve`` smoke test answering /v1/rerank.
+compiled by triton-ascend, and ``vllm serve`` answering /v1/rerank with the official rule's
+scores (the reference runs on the host CPU).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
 import torch
@@ -192,71 +187,29 @@ def test_triton_kernel_on_npu() -> None:
 
 
 # ---- vllm serve ----------------------------------------------------------------------------------
-def _tiny_checkpoint(path: str) -> str:
-    """The tiny checkpoint with Qwen3-VL's head geometry (head 128, mrope [24, 20, 20]), so
-    the fused attention and npu_mrope paths run rather than their fallbacks."""
-    import vllm_ascend_rerank.tiny_checkpoint as tc
+def test_vllm_serve_matches_official(tmp_path, heads128_checkpoint, reference_factory) -> None:
+    """``vllm serve`` on the NPU, bfloat16, the checkpoint with Qwen3-VL's head geometry (head
+    128, GQA, M-RoPE [24, 20, 20]: the fused attention and npu_mrope run, not their
+    fallbacks): /v1/rerank scores against the official rule, run in float32 on the host CPU."""
+    from conftest import make_pairs
 
-    base = tc.tiny_config
+    from vllm_ascend_rerank.serving import LocalServer, reranker_serve_args
 
-    def config(*args, **kwargs):
-        cfg = base(*args, **kwargs)
-        text = cfg.text_config
-        text.head_dim, text.num_attention_heads, text.num_key_value_heads = 128, 4, 2
-        text.rope_parameters["mrope_section"] = [24, 20, 20]
-        return cfg
-
-    tc.tiny_config = config
-    try:
-        return str(tc.make_tiny_checkpoint(path, hidden_size=128))
-    finally:
-        tc.tiny_config = base
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_vllm_serve_answers_rerank(tmp_path) -> None:
-    model = _tiny_checkpoint(str(tmp_path / "tiny"))
-    port = _free_port()
-    overrides = {
-        "architectures": ["Qwen3VLForSequenceClassification"],
-        "classifier_from_token": ["no", "yes"],
-        "is_original_qwen3_reranker": True,
-    }
-    cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", model, "--runner",
-           "pooling", "--port", str(port), "--max-model-len", "2048",
-           "--hf-overrides", json.dumps(overrides)]  # fmt: skip
-    log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 600
-        while True:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-4000:]
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.time() < deadline, "server did not become healthy in 600 s"
-            time.sleep(2)
-        docs = ["a cat is an animal", "the stock market fell"]
-        body = json.dumps({"model": model, "query": "what is a cat", "documents": docs})
-        req = urllib.request.Request(f"{base}/v1/rerank", data=body.encode(),
-                                     headers={"Content-Type": "application/json"})  # fmt: skip
-        with urllib.request.urlopen(req, timeout=120) as r:
-            results = json.load(r)["results"]
-        assert sorted(x["index"] for x in results) == [0, 1]
-        assert all(0.0 < x["relevance_score"] < 1.0 for x in results)
-    finally:
-        proc.terminate()
+    query, docs = make_pairs(12, seed=7)
+    want = reference_factory(heads128_checkpoint).score(
+        {"text": query}, [{"text": d} for d in docs]
+    )
+    args = reranker_serve_args(["--dtype", "bfloat16", "--max-model-len", "2048"])
+    with open(tmp_path / "serve.log", "w") as log:
+        server = LocalServer(heads128_checkpoint, args, log=log, env=os.environ.copy(),
+                             timeout=600)  # fmt: skip
         try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+            body = {"model": str(heads128_checkpoint), "query": query, "documents": docs}
+            r = server.post("/v1/rerank", body)
+            assert r.status_code == 200, r.text
+            results = r.json()["results"]
+        finally:
+            server.stop()
+    assert sorted(x["index"] for x in results) == list(range(len(docs)))
+    got = {x["index"]: x["relevance_score"] for x in results}
+    assert [got[i] for i in range(len(docs))] == pytest.approx(want, abs=2e-2)  # bf16
