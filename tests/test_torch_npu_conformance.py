@@ -18,7 +18,9 @@ the registered signature (names, positional order, defaults, keyword-only marker
 order is not compared: Python does not see it), agree with the documented prototype, produce
 the meta function's outputs (count, shapes, dtypes) on representative inputs (its opaque fake
 too), and every call site in the plugin must bind to the schema. A mismatch names the op and
-the difference.
+the difference. Where the wheel disagrees with itself, the registered schema wins over a doc
+prototype (e.g. ``self`` vs ``input``), and the eager op's documented output over the meta
+function for the few outputs listed in ``EAGER_NOT_META``.
 
 Without a registry (``pip download`` fails) the module skips, or fails when ``CI=true``.
 """
@@ -238,7 +240,8 @@ def _same_default(have: Any, want: Any) -> bool:
         return type(have) is type(want) and have == want
     if isinstance(want, (list, tuple)):
         return isinstance(have, (list, tuple)) and list(have) == list(want)
-    return type(have) is type(want) or {type(have), type(want)} <= {int, float} and have == want
+    same_kind = type(have) is type(want) or {type(have), type(want)} <= {int, float}
+    return same_kind and have == want
 
 
 def schema_signature(schema: torch._C.FunctionSchema) -> inspect.Signature:
