@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # `===` pins the exact registry builds: pip would otherwise prefer a local
 # `torch 2.13.0+cpu` wheel, next to which torchvision 0.28.0 fails to import.
-TORCH := 'torch===2.13.0' 'torchvision===0.28.0'
+TORCH := 'torch===2.14.0' 'torchvision===0.29.0'
 MODEL_DIR ?= .cache/tiny-qwen3-vl-reranker
 
 .PHONY: setup demo test lint build-native docs clean
@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml $(wildcard setup.py CMakeLists.txt csrc/*/*.c
 	$(BIN)/pip install -q -U pip
 	$(BIN)/pip install -q $(TORCH)
 	# vLLM's wheel pins CUDA-only packages: install it alone, then what it imports.
-	$(BIN)/pip install -q --no-deps vllm==0.32.0
+	$(BIN)/pip install -q --no-deps vllm==0.34.0
 	$(BIN)/pip install -q -r requirements/vllm-runtime.txt -r requirements/test.txt -r requirements/docs.txt $(TORCH)
 	# Editable install; builds the C++ op library with this machine's compiler.
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .

@@ -17,10 +17,6 @@ void paged_prefill_attention_cpu(const at::Tensor& query, const at::Tensor& kv_c
                                  const at::Tensor& query_start_loc, const at::Tensor& seq_lens,
                                  double scale, bool causal, at::Tensor& output);
 
-void compute_slot_mapping_cpu(const at::Tensor& query_start_loc, const at::Tensor& positions,
-                              const at::Tensor& block_table, int64_t block_size,
-                              at::Tensor& slot_mapping);
-
 at::Tensor rms_norm_cpu(const at::Tensor& x, const at::Tensor& weight, double epsilon);
 void fused_add_rms_norm_cpu(at::Tensor& x, at::Tensor& residual, const at::Tensor& weight,
                             double epsilon);
@@ -35,9 +31,6 @@ void paged_prefill_attention_npu(const at::Tensor& query, const at::Tensor& kv_c
                                  const at::Tensor& block_table,
                                  const at::Tensor& query_start_loc, const at::Tensor& seq_lens,
                                  double scale, bool causal, at::Tensor& output);
-void compute_slot_mapping_npu(const at::Tensor& query_start_loc, const at::Tensor& positions,
-                              const at::Tensor& block_table, int64_t block_size,
-                              at::Tensor& slot_mapping);
 #endif
 
 // Instruction set of the CPU attention kernel ("avx512", "avx2" or "generic").

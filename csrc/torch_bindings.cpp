@@ -19,11 +19,6 @@ TORCH_LIBRARY(vllm_ascend_rerank, m) {
       "paged_prefill_attention(Tensor query, Tensor kv_cache, Tensor block_table, "
       "Tensor query_start_loc, Tensor seq_lens, float scale, bool causal, "
       "Tensor(a!) output) -> ()");
-  // slot[t] = block_table[req(t), pos(t) // block_size] * block_size + pos(t) % block_size
-  // for t < query_start_loc[-1]; -1 for the rest of slot_mapping.
-  m.def(
-      "compute_slot_mapping(Tensor query_start_loc, Tensor positions, Tensor block_table, "
-      "int block_size, Tensor(a!) slot_mapping) -> ()");
   // RMSNorm over the last dim (unit stride), with the semantics of vLLM's IR op rms_norm:
   // fp32 sums, the normalized row rounded to x's dtype, then times weight (x's dtype).
   m.def("rms_norm(Tensor x, Tensor weight, float epsilon) -> Tensor");

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from vllm_ascend_rerank.attention import reference
-from vllm_ascend_rerank.attention.slot_mapping import compute_slot_mapping
 
 
 def dense_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
@@ -73,18 +72,3 @@ def test_paged_prefill_with_cached_context(block_size: int, heads: tuple[int, in
         used[slots(r, range(c))] = True
     rows = kv_cache.transpose(1, 2).reshape(num_blocks * block_size, -1)
     assert not torch.isnan(rows[used]).any() and torch.isnan(rows[~used]).all()
-
-
-def test_slot_mapping_matches_definition() -> None:
-    block_size, stride = 4, 8
-    block_table = torch.randint(0, 100, (3, stride), dtype=torch.int32)
-    qsl = torch.tensor([0, 3, 3, 8], dtype=torch.int32)  # middle request has no tokens
-    positions = torch.tensor([5, 6, 7, 0, 1, 2, 3, 4], dtype=torch.int64)
-    out = torch.zeros(12, dtype=torch.int64)
-    compute_slot_mapping(8, 12, qsl, positions, block_table, stride, out, block_size)
-    req = [0, 0, 0, 2, 2, 2, 2, 2]
-    want = [
-        int(block_table[r, p // block_size]) * block_size + p % block_size
-        for r, p in zip(req, positions.tolist(), strict=True)
-    ]
-    assert out[:8].tolist() == want and out[8:].tolist() == [-1] * 4

@@ -50,7 +50,7 @@ def test_leaves_other_errors_alone() -> None:
 
 
 def test_vllm_serve_parser_gets_it_by_default() -> None:
-    from vllm.entrypoints.launchers.cli_args import make_arg_parser
+    from vllm.entrypoints.common.cli_args import make_arg_parser
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
     parser = make_arg_parser(FlexibleArgumentParser())

@@ -19,7 +19,6 @@ if not native_ops.available():
     pytest.skip(f"C++ op library not built ({native_ops.load_error()})", allow_module_level=True)
 
 from vllm_ascend_rerank.attention import native, reference  # noqa: E402
-from vllm_ascend_rerank.attention import slot_mapping as py_slot_mapping  # noqa: E402
 
 ops = torch.ops.vllm_ascend_rerank
 TOL = {
@@ -276,29 +275,6 @@ def test_write_kv_rejects_out_of_range_slot() -> None:
         ops.write_kv(key, key, cache, torch.tensor([32]))
 
 
-# --- compute_slot_mapping ----------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("block_size", [16, 128])
-def test_compute_slot_mapping_matches_reference(block_size: int) -> None:
-    gen = torch.Generator().manual_seed(2)
-    query_lens, starts = [5, 0, 40, 1], [0, 3, 130, 17]  # start = cached tokens
-    qsl = torch.tensor([0, *itertools.accumulate(query_lens)], dtype=torch.int32)
-    spans = [torch.arange(s, s + q) for s, q in zip(starts, query_lens, strict=True)]
-    positions = torch.cat([*spans, torch.zeros(20)]).long()
-    table = torch.randperm(128, generator=gen)[:64].view(4, 16).int()
-    num_tokens, max_num_tokens = int(qsl[-1]), int(qsl[-1]) + 11
-    expected = torch.full((max_num_tokens + 4,), 12345, dtype=torch.int64)
-    expected[:num_tokens] = py_slot_mapping.torch_slot_mapping(
-        qsl, positions[:num_tokens], table, block_size
-    )
-    expected[num_tokens:max_num_tokens] = -1
-    got = torch.full_like(expected, 12345)
-    ops.compute_slot_mapping(qsl, positions, table, block_size, got[:max_num_tokens])
-    same(got, expected)
-    assert (got[num_tokens:max_num_tokens] == -1).all() and (got[max_num_tokens:] == 12345).all()
-
-
 # --- registration: fake tensors / torch.compile ---------------------------------------------------
 
 
@@ -315,11 +291,6 @@ def test_ops_pass_opcheck() -> None:
     cache = torch.zeros(4, 2, 16, 128)
     key = torch.randn(10, 2, 64)
     torch.library.opcheck(ops.write_kv.default, (key, key, cache, torch.arange(10)))
-    slot = torch.zeros(20, dtype=torch.int64)
-    torch.library.opcheck(
-        ops.compute_slot_mapping.default,
-        (qsl, torch.arange(20), b.block_table, 16, slot),
-    )
 
 
 def test_native_kernels_follow_the_kernel_interface() -> None:

@@ -268,7 +268,7 @@ def test_image_scores(rerankers):
 
 
 def test_vllm_processes_the_checkpoint(ckpts, rerankers):
-    """vLLM 0.32's own config and Qwen3-VL processor accept the checkpoint (no engine needed)."""
+    """vLLM's own config and Qwen3-VL processor accept the checkpoint (no engine needed)."""
     pytest.importorskip("vllm")
     from vllm.config import ModelConfig
     from vllm.multimodal import MULTIMODAL_REGISTRY

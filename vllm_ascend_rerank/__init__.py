@@ -5,7 +5,9 @@ Entry points only; importing this package imports neither vLLM's engine nor torc
 
 from __future__ import annotations
 
-SUPPORTED_VLLM = "0.32.0"
+# The one vLLM release this plugin is built and tested against (with torch 2.14, torchvision
+# 0.29, transformers >=5.16.1,<5.23). Other releases move the hooks it overrides.
+SUPPORTED_VLLM = "0.34.0"
 __version__ = "0.1.0"
 
 _PLATFORM = "vllm_ascend_rerank.platform.AscendRerankPlatform"
@@ -20,8 +22,10 @@ def _check_vllm_version() -> None:
         raise RuntimeError("vllm-ascend-rerank needs vLLM installed") from exc
     if found.split("+")[0] != SUPPORTED_VLLM:
         raise RuntimeError(
-            f"vllm-ascend-rerank {__version__} supports vLLM {SUPPORTED_VLLM} only; "
-            f"found vLLM {found}. Install vllm=={SUPPORTED_VLLM} (see README)."
+            f"vllm-ascend-rerank {__version__} supports vLLM {SUPPORTED_VLLM} only (with "
+            f"torch 2.14.0, torchvision 0.29.0); found vLLM {found}. Install "
+            f"vllm=={SUPPORTED_VLLM} with --no-deps plus requirements/vllm-runtime.txt (see "
+            "README), or set VLLM_ASCEND_RERANK_DEVICE=off to run vLLM without this plugin."
         )
 
 

@@ -1,4 +1,4 @@
-"""Version shims for the pinned stack (vLLM 0.32, transformers 5.16-5.19), each saying when
+"""Version shims for the pinned stack (vLLM 0.34, transformers 5.16-5.22), each saying when
 it can go."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def qwen3_vl_video_kwargs() -> dict[str, object]:
     return {}
 
 
-# vLLM 0.32's offline client (SyncMPClient) decodes engine outputs in daemon threads. At
+# vLLM's offline client (SyncMPClient; 0.32 to 0.34 at least) decodes engine outputs in daemon threads. At
 # interpreter exit its finalizer only *signals* them; a thread still freeing its last pooled
 # tensor when Py_FinalizeEx starts is killed mid-free and the process aborts ("terminate called
 # without an active exception", exit -6), about one run in four on 2 cores.

@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 
 logger = init_logger(f"vllm.{__name__}")  # vLLM configures only "vllm.*"
 
-CPU_WORKER = "vllm_ascend_rerank.worker.worker.RerankCPUWorker"
-NPU_WORKER = "vllm_ascend_rerank.worker.worker.RerankNPUWorker"
+CPU_WORKER = "vllm_ascend_rerank.worker.cpu.RerankCPUWorker"
+NPU_WORKER = "vllm_ascend_rerank.worker.npu.RerankNPUWorker"
 
 # Prefill-only pooling: small blocks let prefix caching reuse a shared system
 # prompt + query at fine granularity. NPU paged-attention kernels want 128.
@@ -68,12 +68,13 @@ def update_config(vllm_config: VllmConfig, npu: bool) -> None:
         comp.cudagraph_mode = CUDAGraphMode.NONE
         comp.cudagraph_capture_sizes = []
         vllm_config.scheduler_config.async_scheduling = False
+        # vLLM 0.34 warms up JIT kernels with dummy steps; the CPU mode compiles none.
+        vllm_config.kernel_config.enable_jit_warmup = False
         _size_cpu_kv_cache(vllm_config)
         # Forking after torch has started its OpenMP pool (e.g. a script that ran
         # a model first) deadlocks the engine process; spawn is always safe.
         os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
         _keep_freed_memory()
-    os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
 
 
 # glibc gives blocks over 32 MiB (and the heap top) back to the OS on free, so each large

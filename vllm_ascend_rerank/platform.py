@@ -97,8 +97,18 @@ class AscendRerankPlatform(Platform):
 
     @classmethod
     def import_kernels(cls) -> None:
-        # No vllm._C here: our kernels are registered by the general plugin.
-        return
+        # No vllm._C here: the model runner's input-preparation ops come from the plugin
+        # (vLLM calls this before it first needs them); attention, norms and the rest are
+        # registered by the general plugin.
+        from vllm_ascend_rerank.worker import runner_ops
+
+        runner_ops.register(cls.dispatch_key)
+
+    @classmethod
+    def uses_standalone_cpu_model_runner(cls) -> bool:
+        # The CPU mode runs vLLM's no-Triton runner (inputs prepared by ``runner_ops``). An
+        # NPU runs vLLM's Triton model runner (triton-ascend); that runner is host-only.
+        return not device.is_npu()
 
     @classmethod
     def get_device_communicator_cls(cls) -> str:
@@ -146,18 +156,6 @@ class AscendRerankPlatform(Platform):
         )
 
     @classmethod
-    def register_triton_kernel_overrides(cls) -> None:
-        from vllm.triton_utils import HAS_TRITON
-
-        if HAS_TRITON:
-            return
-        from vllm.triton_utils.dispatcher import register_kernels
-
-        from vllm_ascend_rerank.attention.slot_mapping import KERNEL_NAME, compute_slot_mapping
-
-        register_kernels({KERNEL_NAME: compute_slot_mapping})
-
-    @classmethod
     def get_attn_backend_cls(
         cls,
         selected_backend: AttentionBackendEnum | None,
@@ -187,14 +185,22 @@ class AscendRerankPlatform(Platform):
     # ---- configuration -----------------------------------------------------
     @classmethod
     def validate_environ(cls, hard_fail: bool) -> None:
-        """vLLM's check of unknown ``VLLM_*`` variables, knowing ours (envs.py) too."""
+        """vLLM 0.34's check of ``VLLM_*`` variables (removed ones are errors, unknown ones
+        warnings or errors), knowing the plugin's own (envs.py) too."""
         import os
 
         from vllm import envs as vllm_envs
 
         known = set(vllm_envs.environment_variables) | set(dir(envs))
-        for name in os.environ:
-            if name.startswith("VLLM_") and name not in known:
+        for name, value in os.environ.items():
+            if name == "VLLM_USE_V2_MODEL_RUNNER" and value != "1":
+                raise ValueError(
+                    f"VLLM_USE_V2_MODEL_RUNNER={value} is no longer supported: vLLM 0.34 has "
+                    "only model runner V2. Unset this variable."
+                )
+            if hint := vllm_envs.removed_environment_variables.get(name):
+                raise ValueError(f"{name} has been removed. {hint}")
+            if name.startswith("VLLM_") and name not in known | {"VLLM_USE_V2_MODEL_RUNNER"}:
                 if hard_fail:
                     raise ValueError(f"Unknown vLLM environment variable detected: {name}")
                 logger.warning("Unknown vLLM environment variable detected: %s", name)

@@ -1,5 +1,5 @@
 // Ascend cache ops, written as ATen compositions that torch_npu runs as aclnn kernels.
-// Neither reads a device value back to the host, so both stay capturable in ACL graphs.
+// It reads no device value back to the host, so it stays capturable in ACL graphs.
 // (CANN's ScatterPaKvCache would be one launch, but it requires contiguous K and V caches
 // and slots in [0, num_slots), while our cache interleaves K/V and pads with slot -1.)
 #include <ATen/ATen.h>
@@ -37,30 +37,8 @@ void write_kv_npu(const at::Tensor& key, const at::Tensor& value, at::Tensor& kv
   rows.index_copy_(0, target, source);
 }
 
-void compute_slot_mapping_npu(const at::Tensor& query_start_loc, const at::Tensor& positions,
-                              const at::Tensor& block_table, int64_t block_size,
-                              at::Tensor& slot_mapping) {
-  const int64_t total = slot_mapping.size(0);
-  const int64_t num_reqs = query_start_loc.size(0) - 1;
-  TORCH_CHECK(num_reqs >= 1 && positions.size(0) >= total,
-              "compute_slot_mapping: need >= 1 request and a position per slot");
-  const at::Tensor qsl = query_start_loc.to(at::kLong);
-  const at::Tensor t = at::arange(total, qsl.options());
-  // Request of each token: number of request ends at or before it.
-  const at::Tensor req =
-      at::searchsorted(qsl.narrow(0, 1, num_reqs), t, /*out_int32=*/false, /*right=*/true)
-          .clamp_max(num_reqs - 1);
-  const at::Tensor pos = positions.narrow(0, 0, total).to(at::kLong);
-  const at::Tensor page = at::floor_divide(pos, block_size).clamp(0, block_table.size(1) - 1);
-  const at::Tensor block = block_table.to(at::kLong).index({req, page});
-  const at::Tensor slot = block * block_size + at::remainder(pos, block_size);
-  const at::Tensor is_token = t.lt(qsl.narrow(0, num_reqs, 1));
-  slot_mapping.copy_(at::where(is_token, slot, at::full_like(slot, -1)));
-}
-
 TORCH_LIBRARY_IMPL(vllm_ascend_rerank, PrivateUse1, m) {
   m.impl("write_kv", &write_kv_npu);
-  m.impl("compute_slot_mapping", &compute_slot_mapping_npu);
 }
 
 }  // namespace vllm_ascend_rerank

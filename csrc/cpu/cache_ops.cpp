@@ -1,4 +1,4 @@
-// CPU cache ops: write_kv (store K/V rows at their slots) and compute_slot_mapping.
+// CPU cache op: write_kv (store K/V rows at their slots).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -75,47 +75,8 @@ void write_kv_cpu(const at::Tensor& key, const at::Tensor& value, at::Tensor& kv
   });
 }
 
-void compute_slot_mapping_cpu(const at::Tensor& query_start_loc, const at::Tensor& positions,
-                              const at::Tensor& block_table, int64_t block_size,
-                              at::Tensor& slot_mapping) {
-  TORCH_CHECK(query_start_loc.dim() == 1 && positions.dim() == 1 && slot_mapping.dim() == 1,
-              "query_start_loc, positions and slot_mapping must be 1-D");
-  TORCH_CHECK(block_table.dim() == 2, "block_table must be [num_reqs, max_blocks]");
-  TORCH_CHECK(block_size > 0, "block_size must be positive");
-  for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&query_start_loc, &positions, &block_table, &slot_mapping})
-    TORCH_CHECK(t->device().is_cpu(), "compute_slot_mapping (CPU): tensors must be on CPU");
-  const std::vector<int64_t> qsl = host_longs(query_start_loc);
-  TORCH_CHECK(!qsl.empty() && qsl[0] == 0, "query_start_loc must start at 0");
-  const int64_t num_reqs = static_cast<int64_t>(qsl.size()) - 1;
-  const int64_t num_tokens = qsl[num_reqs];
-  TORCH_CHECK(num_tokens <= positions.size(0) && num_tokens <= slot_mapping.size(0),
-              "positions / slot_mapping are shorter than the ", num_tokens, " tokens");
-  TORCH_CHECK(block_table.size(0) >= num_reqs, "block_table has fewer rows than requests");
-  const std::vector<int64_t> pos = host_longs(positions.narrow(0, 0, num_tokens));
-  const at::Tensor table = block_table.to(at::kLong).contiguous();
-  const int64_t* tbl = table.data_ptr<int64_t>();
-  const int64_t max_blocks = table.size(1);
-
-  AT_DISPATCH_INTEGRAL_TYPES(slot_mapping.scalar_type(), "compute_slot_mapping", [&] {
-    scalar_t* out = slot_mapping.data_ptr<scalar_t>();
-    const int64_t so = slot_mapping.stride(0);
-    for (int64_t r = 0; r < num_reqs; ++r) {
-      TORCH_CHECK(qsl[r + 1] >= qsl[r], "query_start_loc must be non-decreasing");
-      for (int64_t t = qsl[r]; t < qsl[r + 1]; ++t) {
-        const int64_t page = pos[t] / block_size;
-        TORCH_CHECK(pos[t] >= 0 && page < max_blocks, "token ", t, ": position ", pos[t],
-                    " is outside the request's block table");
-        out[t * so] = static_cast<scalar_t>(tbl[r * max_blocks + page] * block_size +
-                                            pos[t] % block_size);
-      }
-    }
-    for (int64_t t = num_tokens; t < slot_mapping.size(0); ++t) out[t * so] = scalar_t(-1);
-  });
-}
-
 TORCH_LIBRARY_IMPL(vllm_ascend_rerank, CPU, m) {
   m.impl("write_kv", &write_kv_cpu);
-  m.impl("compute_slot_mapping", &compute_slot_mapping_cpu);
 }
 
 }  // namespace vllm_ascend_rerank

@@ -61,6 +61,14 @@ class RerankAttentionBackend(AttentionBackend):
         return (KVCacheLayout.LBNHC,)
 
     @classmethod
+    def get_preferred_block_size(cls, default_block_size: int) -> int:
+        # vLLM sets an unspecified block size to this after loading the model: keep the
+        # plugin's (128 for the NPU kernels, 16 on a CPU for fine-grained prefix reuse).
+        from vllm_ascend_rerank import config, device
+
+        return config.NPU_BLOCK_SIZE if device.is_npu() else config.CPU_BLOCK_SIZE
+
+    @classmethod
     def supports_non_causal(cls) -> bool:
         return True
 

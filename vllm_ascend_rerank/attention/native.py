@@ -45,17 +45,6 @@ def _paged_prefill_attention_fake(
     return None
 
 
-@torch.library.register_fake("vllm_ascend_rerank::compute_slot_mapping")
-def _compute_slot_mapping_fake(
-    query_start_loc: torch.Tensor,
-    positions: torch.Tensor,
-    block_table: torch.Tensor,
-    block_size: int,
-    slot_mapping: torch.Tensor,
-) -> None:
-    return None
-
-
 def cpu_isa() -> str:
     """Instruction set the CPU attention kernel runs with ("avx512", "avx2" or "generic")."""
     return _C.cpu_isa()

@@ -1,11 +1,9 @@
-"""Workers: vLLM's own, with device hooks overridden and nothing copied.
-
-``RerankCPUWorker`` reuses vLLM's CPU worker and ``CPUModelRunner`` (device hooks
-only) minus the NUMA binding that needs vLLM's compiled ``_C`` ops.
+"""The NPU worker: vLLM's GPU worker and V2 model runner on an Ascend NPU, device hooks only.
 
 ``RerankNPUWorker`` is vLLM's GPU worker with an NPU ``init_device`` (device, HCCL, memory
-check) and ``RerankNPUModelRunner``: vLLM's GPU model runner with NPU streams, events and
-synchronisation. torch.npu exists once torch_npu is imported (by ``device`` on an NPU host).
+check) and ``RerankNPUModelRunner``: vLLM's GPU model runner with NPU streams and events.
+torch.npu exists once torch_npu is imported (by ``device`` on an NPU host). This module never
+imports vLLM's CPU worker, which patches torch's accelerator APIs process-wide.
 """
 
 from __future__ import annotations
@@ -16,74 +14,18 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
-import psutil
 import torch
 from vllm.config import VllmConfig
 from vllm.logger import init_logger
 from vllm.platforms import current_platform
 from vllm.utils.mem_utils import MemorySnapshot, format_gib
 from vllm.utils.torch_utils import set_random_seed
-from vllm.v1.worker.cpu_worker import CPUWorker
-from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+from vllm.v1.worker.gpu.model_runner import GPUModelRunner
 from vllm.v1.worker.gpu_worker import Worker, init_worker_distributed_environment
 
 from vllm_ascend_rerank import device as npu_device
 
 logger = init_logger(f"vllm.{__name__}")  # vLLM configures only "vllm.*"
-
-
-class RerankCPUWorker(CPUWorker):
-    def __init__(
-        self,
-        vllm_config: VllmConfig,
-        local_rank: int,
-        rank: int,
-        distributed_init_method: str,
-        is_driver_worker: bool = False,
-    ) -> None:
-        # Skip CPUWorker.__init__: it binds NUMA memory through torch.ops._C, which
-        # the CUDA wheel of vLLM does not build for the CPU.
-        Worker.__init__(
-            self,
-            vllm_config,
-            local_rank,
-            rank,
-            distributed_init_method,
-            is_driver_worker=is_driver_worker,
-        )
-        fraction = vllm_config.cache_config.gpu_memory_utilization
-        self.requested_cpu_memory = math.ceil(psutil.virtual_memory().total * fraction)
-        self.parallel_config.disable_custom_all_reduce = True
-
-    def _maybe_get_memory_pool_context(self, tag: str) -> AbstractContextManager:
-        # vLLM only exempts its own CPU platform from the CUDA memory pool.
-        return nullcontext()
-
-    def load_model(self) -> None:
-        # On a GPU the host needs one thread once weights are loaded, and vLLM's
-        # Worker drops torch to 1; here the model itself runs on these threads.
-        threads = torch.get_num_threads()
-        super().load_model()
-        torch._C.set_num_threads(threads)  # CPUWorker hides torch.set_num_threads
-        linear = self._prepack_linears()
-        logger.info("CPU reference mode: %d torch threads, linear layers: %s", threads, linear)
-
-    def _prepack_linears(self) -> str:
-        from vllm_ascend_rerank import envs
-        from vllm_ascend_rerank.ops import cpu_linear
-
-        wanted = envs.VLLM_ASCEND_RERANK_CPU_LINEAR
-        if wanted not in ("auto", "onednn", "torch"):
-            raise ValueError(
-                f"VLLM_ASCEND_RERANK_CPU_LINEAR must be auto, onednn or torch; got {wanted!r}"
-            )
-        if wanted == "torch" or (wanted == "auto" and not cpu_linear.onednn_available()):
-            return "F.linear"
-        if not cpu_linear.onednn_available():
-            raise RuntimeError("VLLM_ASCEND_RERANK_CPU_LINEAR=onednn: torch has no oneDNN")
-        rows = self.vllm_config.scheduler_config.max_num_batched_tokens
-        n = cpu_linear.prepack_linears(self.model_runner.get_model(), rows)
-        return f"oneDNN, {n} prepacked"
 
 
 class RerankNPUWorker(Worker):
