@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH := 'torch===2.14.0' 'torchvision===0.29.0'
 MODEL_DIR ?= .cache/tiny-qwen3-vl-reranker
 
-.PHONY: setup demo test lint build-native docs clean
+.PHONY: setup demo test lint build-native docs clean npu-emulation
 
 setup: $(VENV)/.installed
 
@@ -25,8 +25,19 @@ $(VENV)/.installed: pyproject.toml $(wildcard setup.py CMakeLists.txt csrc/*/*.c
 demo: setup
 	$(BIN)/python examples/serve_and_rerank.py --model-dir $(MODEL_DIR)
 
-test: setup
+test: setup npu-emulation
 	$(BIN)/python -m pytest -q tests
+
+# Test-only: the emulated npu device (tests/npu_emulation/csrc -> torch_npu/_device.so), in its
+# own build directory so that pip's build of _C never picks it up.
+EMULATION_SO := tests/npu_emulation/torch_npu/_device.so
+npu-emulation: $(EMULATION_SO)
+
+$(EMULATION_SO): $(VENV)/.installed CMakeLists.txt $(wildcard tests/npu_emulation/csrc/*.cpp tests/npu_emulation/csrc/*.h)
+	cmake -S . -B build/npu-emulation -DCMAKE_BUILD_TYPE=Release \
+		-DVLLM_ASCEND_RERANK_BUILD_NPU_EMULATION=ON -DPython3_EXECUTABLE=$(abspath $(BIN)/python)
+	cmake --build build/npu-emulation -j2
+	touch $@
 
 lint: setup
 	$(BIN)/ruff check vllm_ascend_rerank tests examples benchmarks

@@ -73,6 +73,7 @@ from .graphs import (
 )
 from .npu_module import _build_npu_module
 from . import cann
+from . import device as _device
 # isort: on
 
 __version__ = "2.14.0+emulation"
@@ -110,6 +111,8 @@ sys.modules["torch_npu.npu.utils"] = cann.utils
 _C = types.ModuleType("torch_npu._C")
 _C._weak_ref_tensor = _weak_ref_tensor  # type: ignore[attr-defined]
 sys.modules["torch_npu._C"] = _C
-if not hasattr(torch, "npu"):  # as the real torch_npu: torch.npu is its npu module
+if _device.enabled():  # VLLM_ASCEND_RERANK_DEVICE=npu: the emulated npu device (device.py)
+    _device.install(npu)
+elif not hasattr(torch, "npu"):  # as the real torch_npu: torch.npu is its npu module
     torch.npu = npu  # type: ignore[attr-defined]
     sys.modules.setdefault("torch.npu", npu)
