@@ -10,7 +10,10 @@ it runs in a child process with ``VLLM_ASCEND_RERANK_DEVICE=npu``.
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 import pathlib
+import subprocess
 import sys
 
 import pytest
@@ -211,3 +214,152 @@ def test_wrapper_keeps_weak_references(vllm_config: VllmConfig) -> None:
     assert entry.output.untyped_storage().data_ptr() == out.untyped_storage().data_ptr()
     # A non-owning alias: its storage has no allocator-backed deleter of its own.
     assert entry.output.untyped_storage()._cdata != out.untyped_storage()._cdata
+
+
+# ---- (b) graph-capture memory on the emulated device -------------------------------------------
+MEMORY_SCRIPT = r"""
+import json, sys
+import torch
+import torch_npu  # the emulation, device on (VLLM_ASCEND_RERANK_DEVICE=npu)
+from vllm.compilation.cuda_graph import CUDAGraphOptions, CUDAGraphWrapper
+from vllm.config import CUDAGraphMode, VllmConfig
+from vllm.forward_context import BatchDescriptor, set_forward_context
+from vllm.platforms import current_platform
+from vllm_ascend_rerank.graphs import acl_graph
+
+SIZES, HIDDEN, LAYERS = [64, 128, 256, 512], 256, 6
+if sys.argv[1] == "strong":  # what the wrapper did before: keep every capture's outputs
+    acl_graph.weak_ref_tensors = lambda value: value
+assert torch.npu.is_available() and current_platform.device_type == "npu"
+torch.manual_seed(0)
+w_in = torch.randn(64, HIDDEN, device="npu") / 8
+ws = [torch.randn(HIDDEN, HIDDEN, device="npu") / 16 for _ in range(LAYERS)]
+static = torch.zeros(SIZES[-1], 64, device="npu")  # the runner's persistent input buffer
+
+
+def layer_piece(i):
+    # The part of a layer up to attention: q, and the attention output buffer allocated inside
+    # the graph, as vLLM's pieces do.
+    def piece(h):
+        if i == 0:  # the first piece reads the runner's input buffer itself
+            h = h @ w_in
+        return h @ ws[i], torch.empty(h.shape[0], HIDDEN, device="npu")
+    return piece
+
+
+def last_piece(h):
+    return torch.tanh(h)
+
+
+def attention(q, buf):  # between the pieces, eager in capture and replay: writes the buffer
+    buf.copy_(q * 2)
+
+
+def forward(pieces, n, mode):
+    desc = BatchDescriptor(num_tokens=n)
+    with set_forward_context(None, cfg, cudagraph_runtime_mode=mode, batch_descriptor=desc):
+        h = static[:n]
+        for piece in pieces[:-1]:
+            q, buf = piece(h)
+            attention(q, buf)
+            h = buf
+        return pieces[-1](h)
+
+
+def eager(x):
+    h = x @ w_in
+    for w in ws:
+        h = h @ w * 2
+    return torch.tanh(h)
+
+
+def capture(sizes):
+    # vLLM's options: the first piece collects garbage, only the last drops its output.
+    runnables = [layer_piece(i) for i in range(LAYERS)] + [last_piece]
+    pieces = [
+        acl_graph.ACLGraphWrapper(r, cfg, CUDAGraphMode.PIECEWISE, CUDAGraphOptions(
+            debug_log_enable=i == 0, gc_disable=i > 0, weak_ref_output=i == LAYERS))
+        for i, r in enumerate(runnables)
+    ]
+    for n in sorted(sizes, reverse=True):  # vLLM captures the largest first
+        forward(runnables, n, CUDAGraphMode.NONE)  # warm-up, eager
+        forward(pieces, n, CUDAGraphMode.PIECEWISE)  # capture (its output is garbage)
+    return pieces
+
+
+cfg = VllmConfig()
+cfg.compilation_config.cudagraph_capture_sizes = SIZES
+with torch.inference_mode():
+    base = torch.npu.memory_reserved()
+    torch.npu.reset_peak_memory_stats()
+    forward([*map(layer_piece, range(LAYERS)), last_piece], SIZES[-1], CUDAGraphMode.NONE)
+    activations = torch.npu.max_memory_reserved() - base
+
+    # The largest size alone, then every size: the same pool each time.
+    torch.npu.reset_peak_memory_stats()
+    wrappers = capture(SIZES[-1:])
+    alone = torch.npu.max_memory_reserved() - base
+    pool_alone = torch.npu.pool_stats(current_platform.get_global_graph_pool())["reserved_bytes"]
+    CUDAGraphWrapper.clear_all_graphs()  # releases the pool
+    del wrappers
+    assert torch.npu.memory_reserved() == base, (torch.npu.memory_reserved(), base)
+    type(current_platform)._global_graph_pool = torch.npu.graph_pool_handle()
+
+    torch.npu.reset_peak_memory_stats()
+    pieces = capture(SIZES)
+    every = torch.npu.max_memory_reserved() - base
+    pool = torch.npu.pool_stats(current_platform.get_global_graph_pool())["reserved_bytes"]
+
+    # Replays share the pool: each must still give the eager result, with new inputs.
+    for n in SIZES + [100, 300]:
+        size = acl_graph.padded_size(n, SIZES)
+        x = torch.randn(n, 64, device="npu")
+        static[:n] = x
+        static[n:size] = 0
+        out = forward(pieces, size, CUDAGraphMode.PIECEWISE)[:n].clone()
+        torch.testing.assert_close(out, eager(x), rtol=1e-4, atol=1e-5)
+print(json.dumps({"activations": activations, "largest_alone": alone, "every_size": every,
+                  "pool_largest_alone": pool_alone, "pool": pool,
+                  "replays": dict(pieces[0].replays)}))
+"""
+
+
+def _capture_memory(tmp_path: pathlib.Path, refs: str) -> dict[str, int]:
+    script = tmp_path / "capture_memory.py"
+    script.write_text(MEMORY_SCRIPT)
+    env = {
+        **os.environ,
+        "VLLM_ASCEND_RERANK_DEVICE": "npu",
+        "PYTHONPATH": os.pathsep.join([str(EMULATION), os.environ.get("PYTHONPATH", "")]),
+    }
+    out = subprocess.run(
+        [sys.executable, str(script), refs], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-4000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+needs_device = pytest.mark.skipif(
+    not (EMULATION / "torch_npu" / "_device.so").exists(),
+    reason="the emulated npu device is not built (make npu-emulation)",
+)
+
+
+@needs_device
+def test_capture_memory_is_the_largest_size_not_the_sum(tmp_path: pathlib.Path) -> None:
+    """Captures at several sizes share the pool: the high-water mark of capturing every size
+    stays within the largest size's activations (an eager warm-up) plus the pool that capturing
+    the largest size alone takes, the pool does not grow, and every replay still computes the
+    eager result."""
+    m = _capture_memory(tmp_path, "weak")
+    assert m["pool"] == m["pool_largest_alone"], m
+    assert m["every_size"] <= m["activations"] + m["pool_largest_alone"], m
+    assert m["replays"] == {"64": 1, "128": 2, "256": 1, "512": 2}, m
+
+
+@needs_device
+def test_capture_memory_check_fails_with_strong_references(tmp_path: pathlib.Path) -> None:
+    """The check above tells the defect apart: kept outputs pile up, one set per size."""
+    m = _capture_memory(tmp_path, "strong")
+    assert m["pool"] > 1.5 * m["pool_largest_alone"], m
+    assert m["every_size"] > m["activations"] + m["pool_largest_alone"], m

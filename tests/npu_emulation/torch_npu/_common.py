@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import atexit
 import collections
+import functools
 import json
 import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +37,22 @@ def _count(op: str) -> None:
 # More sections of a process's trace line: name -> a function giving JSON data (empty: left
 # out). The graph recorder adds "graphs" and "memory", the device API "worker".
 trace_sections: dict[str, Callable[[], Any]] = {}
+
+
+def note_worker() -> None:
+    """Record the vLLM worker (a ``WorkerBase`` on the call stack) that called the device API:
+    the trace's "worker" says which worker class ran on the emulated device."""
+    worker_base = sys.modules.get("vllm.v1.worker.worker_base")
+    if worker_base is None or "worker" in trace_sections:
+        return
+    frame = sys._getframe(1)
+    while frame is not None:
+        obj = frame.f_locals.get("self")
+        if isinstance(obj, worker_base.WorkerBase):
+            name = f"{type(obj).__module__}.{type(obj).__qualname__}"
+            trace_sections["worker"] = functools.partial(str, name)
+            return
+        frame = frame.f_back
 
 
 def _write_trace() -> None:

@@ -89,6 +89,53 @@ trace_sections["graphs"] = lambda: {size: dict(c) for size, c in graph_stats.ite
 _capturing: list[NPUGraph] = []
 
 
+# ---- the trace's memory phases: before the first capture, capturing, steady state ------------
+class _Phases:
+    """Device-memory high-water marks per phase (the allocator's own marks, watermark.cpp, not
+    its resettable peak statistics): "before_capture" (model, profiling, KV cache) until the
+    first graph capture, "capture" until the first replay, "steady" (serving) until exit."""
+
+    def __init__(self) -> None:
+        self.phase = "before_capture"
+        self.device: int | None = None
+        self.marks: dict[str, dict[str, int]] = {}
+        self.pools: set[tuple[int, int]] = set()
+
+    def enter(self, phase: str, device: int) -> None:
+        if self.device is None:
+            self.device = device
+        if phase != self.phase and self._order(phase) > self._order(self.phase):
+            self._take()
+            if phase == "steady":  # what the graphs hold: their pools, as capture left them
+                self.marks.setdefault("capture", {})["graph_pool_reserved_bytes"] = sum(
+                    _device_ops().pool_stats(self.device, *p)[0] for p in self.pools
+                )
+            self.phase = phase
+
+    def _take(self) -> None:
+        if not hasattr(_device_ops(), "take_watermark"):  # a _device.so built before the hook
+            return
+        allocated, reserved = _device_ops().take_watermark(self.device)
+        self.marks[self.phase] = {
+            "peak_allocated_bytes": int(allocated),
+            "peak_reserved_bytes": int(reserved),
+        }
+
+    @staticmethod
+    def _order(phase: str) -> int:
+        return ("before_capture", "capture", "steady").index(phase)
+
+    def report(self) -> dict[str, dict[str, int]]:
+        if self.device is None:
+            return {}
+        self._take()
+        return self.marks
+
+
+_phases = _Phases()
+trace_sections["memory"] = _phases.report
+
+
 # ---- memory: the emulated device's allocator, or plain host memory with the device off -----
 def _device_on() -> bool:
     npu = sys.modules.get("torch_npu.npu")
@@ -257,6 +304,8 @@ class NPUGraph:
         self._device_on = _device_on()
         if self._device_on:
             self._device_index = torch.npu.current_device()  # type: ignore[attr-defined]
+            _phases.enter("capture", self._device_index)
+            _phases.pools.add(self._pool)
             _device_ops().begin_allocate_to_pool(self._device_index, *self._pool)
             # The graph holds the pool (its blocks stay reserved) until reset or deleted.
             self._release = weakref.finalize(self, _release_pool, self._device_index, self._pool)
@@ -299,6 +348,8 @@ class NPUGraph:
         if not self._captured:
             raise RuntimeError("NPUGraph: replay before a capture finished")
         _count("NPUGraph.replay")
+        if self._device_on:
+            _phases.enter("steady", self._device_index)
         graph_stats[self._size]["replays"] += 1
         with torch.inference_mode():  # like the device, ignore autograd state
             for op in self._ops:
