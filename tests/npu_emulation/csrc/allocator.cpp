@@ -319,6 +319,8 @@ c10::DataPtr Memory::malloc(c10::DeviceIndex device, size_t requested,
     stat_increase(st.stats.requested_bytes, requested, small);
     stat_increase(st.stats.allocation, 1, small);
     stat_increase(st.stats.active, 1, small);
+    note_watermark(device, st.stats.allocated_bytes[0].current,
+                   st.stats.reserved_bytes[0].current);  // the trace's marks (watermark.cpp)
   }
   return c10::DataPtr(ptr, ptr, &Memory::free, dev);
 }

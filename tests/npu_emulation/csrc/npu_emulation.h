@@ -77,6 +77,8 @@ PoolStats pool_stats(c10::DeviceIndex device, c10::MempoolId_t pool);
 // (free, total) bytes: total is the emulated capacity (TORCH_NPU_EMULATION_MEMORY_MB, default
 // 32 GiB); free is what this process has not reserved.
 std::pair<size_t, size_t> memory_info(c10::DeviceIndex device);
+// Raises the trace's high-water marks (watermark.cpp); the allocator calls it on each allocation.
+void note_watermark(c10::DeviceIndex device, int64_t allocated, int64_t reserved);
 
 // ---- tensors over existing memory (tensors.cpp) --------------------------------------------
 // A CPU tensor over an npu tensor's memory (zero copy); it keeps the npu storage alive.
