@@ -617,20 +617,37 @@ def test_register_swaps_layers_and_is_idempotent(ops) -> None:
 def test_npu_runner_overrides_device_hooks_only() -> None:
     from vllm_ascend_rerank.worker.npu import RerankNPUModelRunner, RerankNPUWorker
 
-    own = {k for k in vars(RerankNPUModelRunner) if not k.startswith("__")}
-    assert own == {"capture_model", "_sync_device", "_get_or_create_async_output_copy_stream"}
+    # vLLM's V2 runner as it is: only its construction is wrapped (streams, UVA buffers).
+    assert {k for k in vars(RerankNPUModelRunner) if not k.startswith("__")} == set()
+    assert "__init__" in vars(RerankNPUModelRunner)
     own = {k for k in vars(RerankNPUWorker) if not k.startswith("__")}
     assert own == {"init_device", "_make_model_runner", "_maybe_get_memory_pool_context"}
 
 
-def test_npu_runner_stream_mapping_is_scoped() -> None:
-    from vllm_ascend_rerank.worker.npu import _cuda_streams_as_npu_streams
+_CUDA_STREAM_API = ("Stream", "Event", "current_stream", "default_stream", "stream", "set_stream")
 
-    before = torch.cuda.Stream
-    with _cuda_streams_as_npu_streams():
-        assert torch.cuda.Stream is torch.npu.Stream
-        assert isinstance(torch.cuda.current_stream(), torch.npu.Stream)
-    assert torch.cuda.Stream is before
+
+def test_npu_runner_uses_npu_streams_and_copies(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vllm.v1.worker.gpu import buffer_utils
+
+    from vllm_ascend_rerank.worker.npu import use_copies_for_uva, use_npu_streams_for_cuda
+
+    # Process-wide in a worker; undone here (monkeypatch restores what it saw first).
+    for name in _CUDA_STREAM_API:
+        monkeypatch.setattr(torch.cuda, name, getattr(torch.cuda, name))
+    monkeypatch.setattr(buffer_utils, "UvaBuffer", buffer_utils.UvaBuffer)
+    use_npu_streams_for_cuda()
+    use_copies_for_uva()
+    assert torch.cuda.Stream is torch.npu.Stream
+    for name in _CUDA_STREAM_API[2:]:  # own callables, not torch.npu's objects (Dynamo)
+        assert getattr(torch.cuda, name) is not getattr(torch.npu, name)
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        assert torch.cuda.current_stream() is side or torch.cuda.current_stream() == side
+    # vLLM passes CUDA-only keywords (external) that torch_npu's Event does not take.
+    event = torch.cuda.Event(blocking=True, external=False)
+    assert isinstance(event, torch.npu.Event)
+    assert buffer_utils.UvaBuffer is buffer_utils.NonUvaBuffer
 
 
 def test_npu_communicator_single_rank() -> None:

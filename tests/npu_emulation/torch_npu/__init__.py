@@ -113,6 +113,9 @@ _C._weak_ref_tensor = _weak_ref_tensor  # type: ignore[attr-defined]
 sys.modules["torch_npu._C"] = _C
 if _device.enabled():  # VLLM_ASCEND_RERANK_DEVICE=npu: the emulated npu device (device.py)
     _device.install(npu)
+    from . import triton_backend  # triton-ascend as vLLM sees it (before vLLM imports triton)
+
+    triton_backend.install()
 elif not hasattr(torch, "npu"):  # as the real torch_npu: torch.npu is its npu module
     torch.npu = npu  # type: ignore[attr-defined]
     sys.modules.setdefault("torch.npu", npu)

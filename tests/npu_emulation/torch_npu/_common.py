@@ -7,6 +7,7 @@ import atexit
 import collections
 import functools
 import json
+import multiprocessing.util
 import os
 import sys
 from collections.abc import Callable
@@ -55,15 +56,31 @@ def note_worker() -> None:
         frame = frame.f_back
 
 
+_traced_pids: set[int] = set()
+
+
 def _write_trace() -> None:
     path = os.environ.get("TORCH_NPU_EMULATION_TRACE")
     extra = {name: data for name, get in trace_sections.items() if (data := get())}
-    if path and (calls or extra):
+    if path and (calls or extra) and os.getpid() not in _traced_pids:
+        _traced_pids.add(os.getpid())
         with open(path, "a", encoding="utf-8") as f:
             f.write(json.dumps({"pid": os.getpid(), "calls": dict(calls), **extra}) + "\n")
 
 
+class _ForkHook:
+    """A forked multiprocessing child (vLLM's engine core unless spawn is asked for) leaves
+    through ``os._exit``: atexit never runs there, multiprocessing's finalizers do. Its trace
+    counts only its own calls, not the parent's it inherited."""
+
+    def __call__(self, _: object) -> None:
+        calls.clear()
+        multiprocessing.util.Finalize(None, _write_trace, exitpriority=0)
+
+
+_FORK_HOOK = _ForkHook()
 atexit.register(_write_trace)
+multiprocessing.util.register_after_fork(_FORK_HOOK, _FORK_HOOK)
 
 
 def _int_list(value: Any, op: str, name: str) -> list[int]:

@@ -30,7 +30,8 @@ def _attend(
     vf = v.float().repeat_interleave(group, dim=1).transpose(0, 1).unsqueeze(0)
     mask = None
     if right_down_causal:
-        mask = torch.arange(skv).unsqueeze(0) <= torch.arange(sq).unsqueeze(1) + (skv - sq)
+        rows = torch.arange(sq, device=q.device).unsqueeze(1)
+        mask = torch.arange(skv, device=q.device).unsqueeze(0) <= rows + (skv - sq)
     out = F.scaled_dot_product_attention(qf, kf, vf, attn_mask=mask, scale=scale)[0]
     if mask is not None:
         out = out.masked_fill(~mask.any(-1).view(1, sq, 1), 0.0)  # rows with no visible key
@@ -66,7 +67,7 @@ def _check_causal_mask(mask: torch.Tensor | None, op: str) -> None:
         f"optimised atten_mask must be 2048x2048, got {tuple(mask.shape)}",
     )
     _check(mask.dtype in (torch.bool, torch.int8, torch.uint8), op, "atten_mask dtype")
-    want = torch.ones(2048, 2048, dtype=torch.bool).triu(1)
+    want = torch.ones(2048, 2048, dtype=torch.bool, device=mask.device).triu(1)
     _check(torch.equal(mask.reshape(2048, 2048).bool(), want), op, "atten_mask is not triu(1)")
 
 
@@ -193,7 +194,7 @@ def npu_fused_infer_attention_score(
     else:
         kv_rows = _paged_kv(key, value, block_table, block_size, kv_lens, nkv, d, op)
 
-    out = torch.zeros(total_q, n, d, dtype=query.dtype)
+    out = torch.zeros(total_q, n, d, dtype=query.dtype, device=query.device)
     context = False
     for b, (ks, vs) in enumerate(kv_rows):
         qs, qe = (q_cum[b - 1] if b else 0), q_cum[b]
@@ -209,7 +210,7 @@ def npu_fused_infer_attention_score(
             out[qs:qe] = _attend(query[qs:qe], ks, vs, scale, sparse_mode == 3).to(query.dtype)
     if context:  # lets end-to-end tests see that the prefix-cache path ran
         _count(f"{op}:cached_context")
-    return out, torch.zeros(1, dtype=torch.float32)
+    return out, torch.zeros(1, dtype=torch.float32, device=query.device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,7 +285,7 @@ def npu_fusion_attention(
     _cumulative(kv_cum, op, "actual_seq_kvlen")
     _check(len(q_cum) == len(kv_cum) and len(q_cum) <= 1024, op, "batch count")
     _check(q_cum[-1] <= total_q and kv_cum[-1] <= key.shape[0], op, "lengths exceed T")
-    out = torch.zeros(total_q, n, value.shape[-1], dtype=query.dtype)
+    out = torch.zeros(total_q, n, value.shape[-1], dtype=query.dtype, device=query.device)
     for b in range(len(q_cum)):
         qs, qe = (q_cum[b - 1] if b else 0), q_cum[b]
         ks, ke = (kv_cum[b - 1] if b else 0), kv_cum[b]
@@ -292,6 +293,6 @@ def npu_fusion_attention(
             out[qs:qe] = _attend(query[qs:qe], key[ks:ke], value[ks:ke], scale, False).to(
                 query.dtype
             )
-    stats = torch.zeros(total_q, n, 8, dtype=torch.float32)
-    softmax_out = torch.empty(0, dtype=query.dtype)
+    stats = torch.zeros(total_q, n, 8, dtype=torch.float32, device=query.device)
+    softmax_out = torch.empty(0, dtype=query.dtype, device=query.device)
     return out, stats, stats.clone(), softmax_out, seed, offset, 0

@@ -42,7 +42,7 @@ def npu_scatter_nd_update_(
     _check(tuple(updates.shape) == want, op, f"updates shape {tuple(updates.shape)} != {want}")
     idx = indices.reshape(-1, a).long()
     if idx.numel():
-        bounds = torch.tensor(self.shape[:a])
+        bounds = torch.tensor(self.shape[:a], device=idx.device)
         _check(bool(((idx >= 0) & (idx < bounds)).all()), op, "indices out of bounds")
         self[tuple(idx.t())] = updates.reshape(-1, *self.shape[a:])
     return self
@@ -85,6 +85,7 @@ def _paged_kv(
         _check(nb <= block_table.shape[1], op, "block_table is too narrow for the KV length")
         ids = block_table[b, :nb].long()
         _check(bool(((ids >= 0) & (ids < num_blocks)).all()), op, "block id out of range")
-        slots = (ids.unsqueeze(1) * block_size + torch.arange(block_size)).flatten()[:kv_len]
+        offsets = torch.arange(block_size, device=ids.device)
+        slots = (ids.unsqueeze(1) * block_size + offsets).flatten()[:kv_len]
         out.append((k_rows[slots], v_rows[slots]))
     return out
