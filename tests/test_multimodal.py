@@ -173,6 +173,67 @@ def test_user_settings_override_official_defaults(
     assert info._image_bounds({"max_pixels": 9000}) == (image_bounds[0], 9000)
 
 
+def _info(checkpoints, media_io_kwargs: dict | None = None):
+    from conftest import HF_OVERRIDES
+    from vllm.config import ModelConfig
+    from vllm.multimodal import MULTIMODAL_REGISTRY
+
+    from vllm_ascend_rerank import multimodal
+    from vllm_ascend_rerank.registration import register_all
+
+    register_all()
+    config = ModelConfig(
+        model=str(checkpoints["tied"]), runner="pooling", hf_overrides=HF_OVERRIDES,
+        media_io_kwargs=media_io_kwargs,
+    )  # fmt: skip
+    multimodal.apply_defaults(SimpleNamespace(model_config=config))
+    return MULTIMODAL_REGISTRY.create_processor(config).info
+
+
+def test_video_budget_follows_configured_frames(checkpoints) -> None:
+    default = _info(checkpoints).get_max_video_tokens(10**6, {"video": 1})
+    more = _info(checkpoints, {"video": {"max_frames": 128}}).get_max_video_tokens(
+        10**6, {"video": 1}
+    )
+    fixed = _info(checkpoints, {"video": {"nframes": 8}}).get_max_video_tokens(
+        10**6, {"video": 1}
+    )
+    # 64 frames (32 groups) of at most 786,432 px = 768 tokens each; 128 frames fit the
+    # qwen-vl-utils total budget (128,000 tokens x 0.9 over 64 groups = 1,800 tokens) cut to
+    # the per-frame maximum of 768 tokens; 8 frames: 4 groups
+    assert (default, more, fixed) == (32 * 768, 64 * 768, 4 * 768)
+
+
+def test_frame_counts_are_capped(checkpoints) -> None:
+    from vllm.multimodal.video import VIDEO_LOADER_REGISTRY
+
+    from vllm_ascend_rerank import multimodal
+
+    multimodal.register_video_loader()
+    loader = VIDEO_LOADER_REGISTRY.load(multimodal.VIDEO_LOADER)
+    source = SimpleNamespace(total_frames_num=10**6, original_fps=30.0)
+    target = SimpleNamespace(fps=30.0)
+    assert len(loader.compute_frames_index_to_sample(source, target, max_frames=768)) == 768
+    for key, value in [("max_frames", 10**5), ("nframes", 769), ("nframes", 0), ("fps", 0),
+                       ("max_frames", "64")]:  # fmt: skip
+        with pytest.raises(ValueError, match=f"media_io_kwargs.video.{key}"):
+            loader.compute_frames_index_to_sample(source, target, **{key: value})
+    with pytest.raises(ValueError, match="--media-io-kwargs video.max_frames"):
+        _info(checkpoints, {"video": {"max_frames": 5000}})  # refused at start-up
+
+
+@pytest.mark.parametrize("value", [0, -5, "big"])
+def test_zero_pixel_bound_is_a_400_naming_it(checkpoints, value) -> None:
+    from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
+
+    info = _info(checkpoints)
+    for bounds in (info._image_bounds, info._frame_bounds):
+        with pytest.raises(Exception) as caught:
+            bounds({"max_pixels": value})
+        err = create_error_response(caught.value).error
+        assert err.code == 400 and "mm_processor_kwargs.max_pixels" in err.message, err
+
+
 # ---- offline: LLM.score, prefix caching off -------------------------------------------------
 @pytest.fixture(scope="module")
 def llm(checkpoints):
@@ -378,7 +439,6 @@ def _bad_media(media, tmp: Path) -> dict[str, tuple[dict, str]]:
         return {**url, "image_url": {"url": u}}
 
     return {  # name -> (document, words the error message must contain)
-        "unreachable": (image_url("http://127.0.0.1:9/cat.png"), "could not be fetched"),
         "malformed url": (image_url("cat.png"), "URL"),
         "not base64": (image_url("data:image/png;base64,@@@@"), "base64"),
         "undecodable": (
@@ -443,6 +503,19 @@ def test_bad_media_is_a_clear_4xx_and_others_are_served(
         assert got[0] == pytest.approx(expected["text+image"], abs=ATOL)
         assert got[1] == pytest.approx(expected["video"], abs=ATOL)
     assert mm_server.post("/v1/rerank", good).status_code == 200  # still serving
+
+
+def test_unreachable_media_host_is_a_retryable_503(mm_server, checkpoints) -> None:
+    # Nothing listens on port 9: stock vLLM keeps such a failure retryable (5xx), so does
+    # the plugin, with the document named and the URL as sent (its path is not "<path>").
+    url = "http://127.0.0.1:9/img/cats/cat.png"
+    doc = {"content": [{"type": "image_url", "image_url": {"url": url}}]}
+    body = {"model": model_name(checkpoints), "query": QUERY, "documents": ["fine", doc]}
+    r = mm_server.post("/v1/rerank", body)
+    assert r.status_code == 503, r.text
+    assert r.json()["error"]["message"].startswith(
+        f"documents[1]: image_url {url!r} could not be fetched, a retry may succeed: "
+    ), r.text
 
 
 def test_bad_media_in_score_names_the_input(mm_server, checkpoints, media) -> None:

@@ -26,7 +26,8 @@ request ``mm_processor_kwargs`` (with ``--trust-request-mm-kwargs``) and ``media
 do too.
 
 Bad media are the client's problem and are answered as such: the media connector registered
-here turns every failure to fetch or decode an item into a 4xx naming the item.
+here turns every failure to fetch or decode an item into a 4xx naming the item; a media host
+that may recover (5xx, 429, timeout, DNS) gives a retryable 503 instead, as in stock vLLM.
 
 Still different from the official scorer: several text parts of one side are joined with
 "\n" (official: nothing) by vLLM's request parser, which no plugin hook reaches (send one
@@ -38,8 +39,10 @@ composited on white (official: alpha dropped).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -65,7 +68,51 @@ VIDEO_TOTAL_PIXELS = 128000 * IMAGE_FACTOR * IMAGE_FACTOR * 0.9
 VIDEO_LOADER = "qwen3_vl_reranker"
 MEDIA_CONNECTOR = "qwen3_vl_reranker"
 
+# The most frames one video may be sampled to: the maximum of transformers' own Qwen3-VL video
+# processor (``max_frames``). Without a cap a request's ``max_frames``/``nframes`` would make
+# the loader decode every frame of a long clip before anything else checks the size.
+VIDEO_FRAMES_CAP = 768
+
 _SAMPLING_KEYS = ("fps", "min_frames", "max_frames", "nframes")
+
+
+def check_sampling(options: Mapping[str, Any], where: str = "media_io_kwargs.video") -> None:
+    """ValueError naming the option unless the frame-sampling ``options`` are usable."""
+    for key in ("min_frames", "max_frames", "nframes"):
+        value = options.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{where}.{key} must be an integer, got {value!r}")
+        if not 1 <= value <= VIDEO_FRAMES_CAP:
+            raise ValueError(f"{where}.{key} must be 1 to {VIDEO_FRAMES_CAP} frames, got {value}")
+    fps = options.get("fps")
+    if fps is not None and (
+        isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps < math.inf
+    ):
+        raise ValueError(f"{where}.fps must be a positive number, got {fps!r}")
+
+
+def most_frames(media_io_kwargs: Mapping[str, Any] | None) -> int:
+    """The most frames a video is sampled to under the configured ``media_io_kwargs``
+    (``nframes``, else ``max_frames``, else the official 64), an even count."""
+    video = dict((media_io_kwargs or {}).get("video") or {})
+    n = video.get("nframes") or video.get("max_frames") or VIDEO_MAX_FRAMES
+    n = min(int(n), VIDEO_FRAMES_CAP)
+    return max(FRAME_FACTOR, round(n / FRAME_FACTOR) * FRAME_FACTOR)
+
+
+def check_pixels(name: str, value: Any) -> int:
+    """``value`` as a pixel bound, or a 400 naming ``mm_processor_kwargs.<name>`` (a bound of
+    0 would divide by zero in the resize rule)."""
+    from vllm.exceptions import VLLMValidationError
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise VLLMValidationError(
+            f"mm_processor_kwargs.{name} must be a positive number of pixels, got {value!r}",
+            parameter=f"mm_processor_kwargs.{name}",
+        )
+    return int(value)
 
 
 # ---- the official rules ---------------------------------------------------------------------
@@ -221,6 +268,7 @@ def apply_defaults(vllm_config: VllmConfig) -> None:
             value = kwargs["videos_kwargs"].get(key, kwargs.get(key))
             if value is not None:
                 video_io.setdefault(key, value)
+        check_sampling(video_io, "--media-io-kwargs video")  # at start-up, not per request
     mm.media_io_kwargs = media
     # vLLM picks its media connector from the environment (read per request).
     os.environ.setdefault("VLLM_MEDIA_CONNECTOR", MEDIA_CONNECTOR)
@@ -233,7 +281,7 @@ def per_frame_bounds(videos_kwargs: Mapping[str, Any]) -> tuple[int, int]:
     size = dict(videos_kwargs.get("size") or {})
     lo = videos_kwargs.get("min_pixels", size.get("shortest_edge", VIDEO_FRAME_MIN_PIXELS))
     hi = videos_kwargs.get("max_pixels", size.get("longest_edge", VIDEO_FRAME_MAX_PIXELS))
-    return int(lo), int(hi)
+    return check_pixels("min_pixels", lo), check_pixels("max_pixels", hi)
 
 
 # ---- vLLM classes: built on first use (vLLM imports are heavy) ------------------------------
@@ -260,6 +308,7 @@ def register_video_loader() -> None:
                     f"media_io_kwargs.video: unknown option(s) {sorted(unknown)}; "
                     f"this loader takes {list(_SAMPLING_KEYS)}"
                 )
+            check_sampling(kwargs)  # before decoding: a request may ask for any count
             fps = target.fps if target.fps and target.fps > 0 else VIDEO_FPS
             n = num_frames_to_sample(
                 source.total_frames_num,
@@ -285,11 +334,10 @@ def register_media_connector() -> None:
     """Register vLLM media connector ``qwen3_vl_reranker``: vLLM's own (``http``) whose every
     failure is a client error that names the media item and what went wrong.
 
-    Stock vLLM answers 500 when a media URL cannot be reached (it treats connection errors as
-    transient) or when a ``file://`` URL is used without ``--allowed-local-media-path``. For
-    a reranker the item is the request's input: the client must hear which one failed, and
-    the other requests in flight must not notice. Unreachable or failing downloads are 422
-    (vLLM's error for media it could not fetch); anything else wrong with an item is 400.
+    Stock vLLM answers 500 with the bare exception when a media host fails in a way a retry
+    may cure. For a reranker the item is the request's input: the client must hear which one
+    failed, and the other requests in flight must not notice. See ``media_error`` for the
+    statuses (422 permanent download failure, 503 retryable one, 400 anything else).
     """
     from vllm.multimodal.media.connector import MEDIA_CONNECTOR_REGISTRY, MediaConnector
 
@@ -316,13 +364,37 @@ def shown_url(url: str) -> str:
     return url if len(url) <= 80 else f"{url[:48]}...({len(url)} characters)"
 
 
-def media_error(url: str, media_io: object, exc: Exception) -> Exception:
-    """A 4xx error for a media item that could not be loaded, naming it."""
-    import asyncio
+# vLLM's ``sanitize_message`` turns path-like text of an HTTP error into "<path>", and a long
+# URL is shown shortened, so the text of a message cannot say exactly which URL failed. The
+# message ends with this tag (a digest of the whole URL); the serve middleware finds the
+# input holding that URL, puts the URL back and drops the tag.
+MEDIA_REF = re.compile(r" \[media ([0-9a-f]{16})\]")
 
+
+def media_ref(url: str) -> str:
+    """The tag that names ``url`` exactly in an error message (see ``MEDIA_REF``)."""
+    return f" [media {hashlib.sha256(url.encode()).hexdigest()[:16]}]"
+
+
+def _is_fetch_error(exc: Exception) -> bool:
     import aiohttp
     import requests
+
+    fetch = (requests.exceptions.RequestException, aiohttp.ClientError, TimeoutError)
+    return isinstance(exc, fetch) or isinstance(exc, ConnectionError)
+
+
+def media_error(url: str, media_io: object, exc: Exception) -> Exception:
+    """The error for a media item that could not be loaded, naming it.
+
+    What vLLM's own connector calls permanent (a 4xx from the media host, a malformed URL,
+    a download over the size limit) is 422; the failures it leaves as they are because a
+    retry may succeed (5xx, 408 and 429 from the host, timeouts, DNS and connection
+    errors) are 503 (``RetryableRequestError``), which clients and SDKs retry; anything
+    else wrong with the item (not decodable, not allowed...) is 400.
+    """
     from vllm.exceptions import (
+        RetryableRequestError,
         VLLMClientError,
         VLLMUnprocessableEntityError,
         VLLMValidationError,
@@ -334,19 +406,18 @@ def media_error(url: str, media_io: object, exc: Exception) -> Exception:
     reason = str(exc) or type(exc).__name__
     if isinstance(exc, VLLMClientError):
         reason = reason.split(" (parameter=")[0]
-    message = f"{parameter} {shown!r}: {reason}"
-    fetch_errors = (
-        requests.exceptions.RequestException,
-        aiohttp.ClientError,
-        asyncio.TimeoutError,
-        ConnectionError,
-        VLLMUnprocessableEntityError,
-    )
-    if isinstance(exc, fetch_errors) and not url[:5].lower() == "data:":
-        return VLLMUnprocessableEntityError(
-            f"{parameter} {shown!r} could not be fetched: {reason}", parameter=parameter
-        )
-    return VLLMValidationError(message, parameter=parameter)
+    ref = media_ref(url)
+    if url[:5].lower() != "data:":
+        if isinstance(exc, VLLMUnprocessableEntityError):
+            return VLLMUnprocessableEntityError(
+                f"{parameter} {shown!r} could not be fetched: {reason}{ref}", parameter=parameter
+            )
+        if _is_fetch_error(exc):
+            return RetryableRequestError(
+                f"{parameter} {shown!r} could not be fetched, a retry may succeed: "
+                f"{reason}{ref}"
+            )
+    return VLLMValidationError(f"{parameter} {shown!r}: {reason}{ref}", parameter=parameter)
 
 
 def resize_video_item(item: Any, min_pixels: int, max_pixels: int) -> Any:

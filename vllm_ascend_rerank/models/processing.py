@@ -26,8 +26,9 @@ from vllm_ascend_rerank.compat import qwen3_vl_video_kwargs
 from vllm_ascend_rerank.multimodal import (
     FRAME_FACTOR,
     IMAGE_FACTOR,
-    VIDEO_MAX_FRAMES,
+    check_pixels,
     frame_bounds,
+    most_frames,
     per_frame_bounds,
     resize_image,
     resize_video_item,
@@ -47,7 +48,10 @@ class RerankProcessingInfo(Qwen3VLProcessingInfo):
         size = self._get_vision_size(
             merged.get("images_kwargs", {}), default_size=self.get_image_processor().size
         )
-        return size["shortest_edge"], size["longest_edge"]
+        return (
+            check_pixels("min_pixels", size["shortest_edge"]),
+            check_pixels("max_pixels", size["longest_edge"]),
+        )
 
     def _frame_bounds(self, mm_kwargs: Mapping[str, object]) -> tuple[int, int]:
         merged = self._merge_and_resolve_mm_processor_kwargs(mm_kwargs)
@@ -84,8 +88,11 @@ class RerankProcessingInfo(Qwen3VLProcessingInfo):
         return ImageSize(width=w, height=h), tokens
 
     def get_max_video_tokens(self, seq_len: int, mm_counts: Mapping[str, int]) -> int:
-        _, hi = frame_bounds(VIDEO_MAX_FRAMES, *self._frame_bounds({}))
-        tokens = (VIDEO_MAX_FRAMES // FRAME_FACTOR) * int(hi // (IMAGE_FACTOR * IMAGE_FACTOR))
+        # As many frames as the configured sampling gives (--media-io-kwargs max_frames).
+        mm = self.ctx.model_config.multimodal_config
+        frames = most_frames(mm.media_io_kwargs if mm is not None else None)
+        _, hi = frame_bounds(frames, *self._frame_bounds({}))
+        tokens = (frames // FRAME_FACTOR) * int(hi // (IMAGE_FACTOR * IMAGE_FACTOR))
         return max(1, min(tokens, seq_len))
 
 
