@@ -268,11 +268,16 @@ def test_write_kv_matches_reference(src: torch.dtype, dst: torch.dtype, layout: 
     same(cache, expected)
 
 
-def test_write_kv_rejects_out_of_range_slot() -> None:
+@pytest.mark.parametrize("bad", [32, -2, -33])
+def test_write_kv_rejects_out_of_range_slot(bad: int) -> None:
+    # Only -1 is padding: another negative slot is a corrupt mapping, refused before any
+    # row is written (the valid slot 0 in front of it must stay untouched).
     cache = lbnhc_cache(2, 16, 1, 64, torch.float32)
-    key = torch.zeros(1, 1, 64)
+    before = cache.clone()
+    key = torch.zeros(2, 1, 64)
     with pytest.raises(RuntimeError, match="out of range"):
-        ops.write_kv(key, key, cache, torch.tensor([32]))
+        ops.write_kv(key, key, cache, torch.tensor([0, bad]))
+    same(cache, before)
 
 
 # --- registration: fake tensors / torch.compile ---------------------------------------------------

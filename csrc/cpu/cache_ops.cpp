@@ -47,9 +47,12 @@ void write_kv_cpu(const at::Tensor& key, const at::Tensor& value, at::Tensor& kv
   const int64_t block_size = kv_cache.size(2);
   const int64_t num_slots = kv_cache.size(0) * block_size;
 
+  // Every slot is checked before anything is written: -1 marks a padding token (skipped
+  // below); any other negative value is a corrupt mapping, not padding.
   const std::vector<int64_t> slots = host_longs(slot_mapping);
-  for (int64_t s : slots)  // negative = padding token, skipped
-    TORCH_CHECK(s < num_slots, "slot ", s, " out of range: the cache has ", num_slots, " slots");
+  for (int64_t s : slots)
+    TORCH_CHECK(s >= -1 && s < num_slots, "slot ", s, " out of range: the cache has ", num_slots,
+                " slots (-1 marks padding)");
   // Convert once (no-op when the dtypes match) so the copy loop below is a memcpy.
   const at::Tensor k = key.narrow(0, 0, n).to(kv_cache.scalar_type());
   const at::Tensor v = value.narrow(0, 0, n).to(kv_cache.scalar_type());
@@ -63,7 +66,7 @@ void write_kv_cpu(const at::Tensor& key, const at::Tensor& value, at::Tensor& kv
     at::parallel_for(0, n, 64, [&](int64_t begin, int64_t end) {
       for (int64_t t = begin; t < end; ++t) {
         const int64_t s = slots[t];
-        if (s < 0) continue;
+        if (s == -1) continue;  // padding
         scalar_t* row = cache + (s / block_size) * c0 + (s % block_size) * c2;
         for (int64_t h = 0; h < Hkv; ++h) {
           scalar_t* dst = row + h * c1;
