@@ -17,9 +17,13 @@ fill in, as each op's docstring says. NPUGraph: Ascend/pytorch ``docs/en/develop
 framework_feature_guide_pytorch/pytorch_npugraph_desc.md``. ``torch_npu.npu.utils`` reports
 the emulated CANN version (``cann``), which gates the ops that need newer aclnn kernels.
 
-Importing this package installs ``torch.npu`` (as the real torch_npu does). The emulated device
-reports itself unavailable (``torch.npu.is_available() is False``): tensors stay on the CPU and
-the plugin keeps running its CPU platform; only the kernels it selects change.
+Importing this package installs ``torch.npu`` (as the real torch_npu does). By default the
+emulated device reports itself unavailable (``torch.npu.is_available() is False``): tensors stay
+on the CPU and the plugin keeps running its CPU platform; only the kernels it selects change.
+With ``VLLM_ASCEND_RERANK_DEVICE=npu`` in the environment the import switches on the emulated
+``npu`` device instead (``device``: PyTorch's PrivateUse1 backend over host memory, built by
+``make npu-emulation``; ``hccl``: the collective backend over gloo): ``is_available()`` is True,
+tensors live on ``npu:N`` and the plugin runs its NPU platform and worker.
 
 The ops that run inside torch.compile'd model code are registered as opaque torch ops, as the
 real ones are, so Dynamo records a call instead of tracing the emulation's Python.
@@ -39,6 +43,7 @@ Layout (one module per concern; this ``__init__`` re-exports the public names an
 - ``streams``: ``Stream``, ``Event``, ``current_stream``, ``synchronize``, ...
 - ``graphs``: ``NPUGraph``, ``graph``, ``graph_pool_handle`` and the capture dispatch mode.
 - ``npu_module``: builds the ``torch.npu`` module.
+- ``device`` (the emulated npu device and the device half of ``torch.npu``), ``hccl``.
 """
 
 from __future__ import annotations
