@@ -27,7 +27,8 @@ def rows() -> list[tuple[int, int, int]]:
 
 def test_compute_slot_mapping() -> None:
     block_size = 4
-    table = torch.randint(0, 50, (4, 6), dtype=torch.int32, generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)
+    table = torch.randint(0, 50, (4, 6), dtype=torch.int32, generator=gen)
     positions = torch.tensor([6, 7, 8, 9, 0, 1, 3, 4, 5, 77, 77], dtype=torch.int64)
     out = torch.full((12,), 999, dtype=torch.int64)
     runner_ops.compute_slot_mapping(table, out, IDX, QSL, positions, block_size, True, PAD)
@@ -35,7 +36,8 @@ def test_compute_slot_mapping() -> None:
     for state, start, n in rows():
         for t in range(start, start + n):
             p = int(positions[t])
-            want[t] = PAD if state < 0 else int(table[state, p // block_size]) * block_size + p % block_size
+            block = int(table[state, p // block_size])
+            want[t] = PAD if state < 0 else block * block_size + p % block_size
     assert out.tolist() == want
     runner_ops.compute_slot_mapping(table, out, IDX, QSL, positions, block_size, False, PAD)
     assert out.tolist() == [PAD] * 12

@@ -23,10 +23,10 @@ def qwen3_vl_video_kwargs() -> dict[str, object]:
     return {}
 
 
-# vLLM's offline client (SyncMPClient; 0.32 to 0.34 at least) decodes engine outputs in daemon threads. At
-# interpreter exit its finalizer only *signals* them; a thread still freeing its last pooled
-# tensor when Py_FinalizeEx starts is killed mid-free and the process aborts ("terminate called
-# without an active exception", exit -6), about one run in four on 2 cores.
+# vLLM's offline client (SyncMPClient, 0.32 to 0.34 at least) decodes engine outputs in daemon
+# threads. At interpreter exit its finalizer only *signals* them; a thread still freeing its
+# last pooled tensor when Py_FinalizeEx starts is killed mid-free and the process aborts
+# ("terminate called without an active exception", exit -6), about one run in four on 2 cores.
 _CLIENT_THREADS = ("EngineCoreOutputQueueThread", "MPClientEngineMonitor")
 _JOIN_BUDGET_S = 5.0
 

@@ -5,7 +5,7 @@ ids aside (``<|im_end|>`` ``\\n`` ``<|im_start|>`` ``assistant`` ``\\n``), keeps
 id of the rest and only as many ordinary ids as fit, from the front, and puts the 5 back: the
 document's text tail goes first, the closing turn and every image and video stay.
 
-vLLM 0.32 truncates a score prompt while tokenizing it, by keeping its first
+vLLM (0.32 to 0.34) truncates a score prompt after tokenizing it, by keeping its first
 ``truncate_prompt_tokens`` ids (``-1``: the model's maximum length), which cuts the closing
 turn away, and only then calls the model's ``post_process_tokens`` hook, which sees neither the
 request nor the tokenizer. The hook can still restore the official shape: a prompt that starts
@@ -24,7 +24,8 @@ have to remove text inside a video's frame sequence (its timestamps) is a 400.
 
 Limits (stock vLLM offers no hook that sees the request): a cut before expansion that reaches
 into the query's or the document's media placeholders is a 400 instead of keeping them; with
-``truncation_side`` set, vLLM slices the whole prompt itself, not the official way.
+``truncation_side="left"`` vLLM drops the system turn itself, not the official way
+(``"right"`` is the default cut above).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ vLLM's native paths for these layers are chains of elementwise torch ops, each a
 the activations; the C++ kernels (``csrc/cpu/elementwise_ops.cpp``) make one pass per row with
 the native arithmetic and roundings. Each goes in through the hook vLLM has for it:
 
-- RMSNorm: vLLM 0.32 routes every ``RMSNorm`` layer through its IR ops ``rms_norm`` and
+- RMSNorm: vLLM 0.34 routes every ``RMSNorm`` layer through its IR ops ``rms_norm`` and
   ``fused_add_rms_norm`` (``vllm/ir/ops/layernorm.py``), whose implementation is chosen per
   platform by priority (``Platform.get_default_ir_op_priority``): the kernels are registered
   as a provider, and the platform puts it first.
