@@ -11,7 +11,7 @@ MODEL_DIR ?= .cache/tiny-qwen3-vl-reranker
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml $(wildcard setup.py CMakeLists.txt csrc/*/*.cpp) requirements/*.txt
+$(VENV)/.installed: pyproject.toml $(wildcard setup.py CMakeLists.txt csrc/*.cpp csrc/*.h csrc/*/*.cpp csrc/*/*.h) requirements/*.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip
 	$(BIN)/pip install -q $(TORCH)

@@ -21,6 +21,12 @@ from vllm_ascend_rerank.attention import reference
 # Qwen3-VL-Reranker-2B-like attention: 16 query heads, 8 kv heads, head_dim 128.
 HEADS, KV_HEADS, HEAD_SIZE, BLOCK_SIZE = 16, 8, 128, 16
 PAIRS, TOKENS = 32, 256
+# Agreement asked of the two sides (as tests/test_native_ops.py asks of the same ops).
+TOL = {
+    torch.float32: dict(atol=1e-5, rtol=1e-5),
+    torch.bfloat16: dict(atol=1e-2, rtol=1e-2),
+    torch.float16: dict(atol=2e-3, rtol=2e-3),
+}
 
 
 def best_ms(fns: list[Callable[[], object]], repeats: int) -> list[float]:
@@ -60,11 +66,14 @@ def run_case(name: str, cached: int, dtype: torch.dtype, repeats: int) -> None:
     qsl_t = torch.tensor(qsl, dtype=torch.int32)
     seq_lens_t = torch.tensor(seq_lens, dtype=torch.int32)
     scale = HEAD_SIZE**-0.5
-    out = torch.empty_like(query)
+    # One output each, the native one poisoned: a kernel that skips rows or writes garbage
+    # must not be timed as a speed-up.
+    out_ref = torch.empty_like(query)
+    out = torch.full_like(query, float("nan"))
 
     def torch_ref() -> None:
         reference.paged_attention(
-            query, kv_cache, block_table, qsl, seq_lens, scale, True, out, key=key, value=value
+            query, kv_cache, block_table, qsl, seq_lens, scale, True, out_ref, key=key, value=value
         )
 
     def native() -> None:
@@ -73,6 +82,10 @@ def run_case(name: str, cached: int, dtype: torch.dtype, repeats: int) -> None:
         )
 
     t_ref, t_native = best_ms([torch_ref, native], repeats)
+    try:
+        torch.testing.assert_close(out.float(), out_ref.float(), **TOL[dtype])
+    except AssertionError as exc:
+        raise SystemExit(f"{name} {dtype}: the C++ op disagrees with pure torch\n{exc}") from exc
     print(
         f"{name:<34} {str(dtype).removeprefix('torch.'):<9} threads={torch.get_num_threads()}  "
         f"torch {t_ref:7.1f} ms   native {t_native:6.1f} ms   x{t_ref / t_native:.2f}"

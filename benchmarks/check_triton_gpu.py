@@ -17,7 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from test_triton_kernels import CASES, _inputs  # noqa: E402
+from test_triton_kernels import CASES, _inputs, largest_error  # noqa: E402
 
 from vllm_ascend_rerank.ops import triton_qkv_norm_rope as mod  # noqa: E402
 
@@ -46,9 +46,7 @@ def main() -> int:
                       mrope_section=section or (), mrope_interleaved=inter)  # fmt: skip
             got = mod.qkv_norm_rope(*args, **kw)
             want = mod.qkv_norm_rope_reference(*args, **kw)
-            err = max(
-                (g.float() - w.float()).abs().max().item() for g, w in zip(got, want, strict=True)
-            )
+            err = largest_error(got, want)  # NaN in any output: not <= tol, so FAIL
             ok = err <= tol
             failed += not ok
             print(f"{case:22s} {str(dtype):15s} max|err| {err:.2e} {'ok' if ok else 'FAIL'}")

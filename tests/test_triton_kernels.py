@@ -49,6 +49,13 @@ CASES = {
 DTYPES = {"float32": (torch.float32, 1e-5), "float16": (torch.float16, 2e-3)}
 
 
+def largest_error(got: tuple[torch.Tensor, ...], want: tuple[torch.Tensor, ...]) -> float:
+    """max |got - want| over every output, NaN if any output has one: Python's max() would
+    keep the first value a NaN is compared with, so a NaN in K or V would pass."""
+    errors = [(g.float() - w.float()).abs().max() for g, w in zip(got, want, strict=True)]
+    return torch.stack(errors).max().item()
+
+
 def _kernel_errors() -> dict[str, float]:
     """Child process: every case through the interpreted kernel and the reference."""
     errors = {}
@@ -59,9 +66,7 @@ def _kernel_errors() -> dict[str, float]:
                       mrope_section=section or (), mrope_interleaved=interleaved)  # fmt: skip
             got = mod.qkv_norm_rope(qkv, q_w, k_w, cache, pos, **kw)
             want = mod.qkv_norm_rope_reference(qkv, q_w, k_w, cache, pos, **kw)
-            errors[f"{case}/{name}"] = max(
-                (g.float() - w.float()).abs().max().item() for g, w in zip(got, want, strict=True)
-            )
+            errors[f"{case}/{name}"] = largest_error(got, want)
     try:
         mod.qkv_norm_rope(
             qkv, q_w, k_w, cache, pos.expand(3, -1), num_q_heads=hq, num_kv_heads=hkv,
@@ -88,6 +93,14 @@ def kernel_errors() -> dict[str, float]:
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_kernel_matches_reference(kernel_errors, case: str, dtype: str) -> None:
     assert kernel_errors[f"{case}/{dtype}"] <= DTYPES[dtype][1]
+
+
+@pytest.mark.parametrize("bad", [0, 1, 2])
+def test_a_nan_in_any_output_fails_the_check(bad: int) -> None:
+    want = (torch.zeros(3), torch.zeros(3), torch.zeros(3))
+    got = tuple(t.clone() for t in want)
+    got[bad][1] = float("nan")
+    assert not largest_error(got, want) <= 1e-5
 
 
 def test_kernel_rejects_bad_sections(kernel_errors) -> None:
