@@ -66,15 +66,17 @@ def test_capture_returns_garbage_and_replay_recomputes() -> None:
     with torch.inference_mode(), torch.npu.graph(graph):
         y = torch.relu(x @ w) + 1
         idx = torch.arange(4) * 2
+        wide = y.to(torch.float64)  # aten.to: a "view" op that converts (a kernel)
         out.copy_(y)
     # What the capture allocated holds no result, as on the device.
-    assert is_poison(y) and is_poison(idx)
+    assert is_poison(y) and is_poison(idx) and is_poison(wide)
     x.copy_(torch.randn(4, 8))  # new data, same memory
     graph.replay()
     want = torch.relu(x @ w) + 1
     torch.testing.assert_close(y, want)
     torch.testing.assert_close(out, want)
     torch.testing.assert_close(idx, torch.arange(4) * 2)
+    torch.testing.assert_close(wide, want.double())
     x.mul_(-1)
     graph.replay()
     torch.testing.assert_close(out, torch.relu(x @ w) + 1)

@@ -118,6 +118,12 @@ def _npu_graphs(vllm_config: VllmConfig) -> None:
     )
     comp.cudagraph_capture_sizes = sizes
     comp.max_cudagraph_capture_size = sizes[-1]
+    # vLLM resolved its own grid into these before this hook; its runner captures from them.
+    comp.prefill_cudagraph_capture_token_sizes = sizes
+    comp.max_prefill_cudagraph_capture_tokens = sizes[-1]
+    # PIECEWISE runs one routine for every batch: no separate decode graphs.
+    comp.decode_cudagraph_capture_request_sizes = []
+    comp.max_decode_cudagraph_capture_requests = 0
     logger.info(
         "vllm-ascend-rerank: ACL graphs (piecewise) for %d token sizes up to %d",
         len(sizes),

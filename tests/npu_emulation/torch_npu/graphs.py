@@ -210,13 +210,15 @@ class _RecordMode(TorchDispatchMode):
         outputs = [t for t in tree_flatten(out)[0] if on_device(t)]
         if not inputs and not outputs:
             return out  # host work: runs now, once, as host code between kernels does
-        if not func.is_view:  # views alias their input; no memory of their own
-            seen = {t.untyped_storage().data_ptr() for t in inputs}
-            for t in outputs:
-                storage = t.untyped_storage()
-                if storage.data_ptr() not in seen and storage.nbytes() > 0:
-                    self.graph._note_allocated(t)
-        if not func.is_view and func not in _NO_KERNEL:
+        seen = {t.untyped_storage().data_ptr() for t in inputs}
+        fresh = [t for t in outputs if t.untyped_storage().data_ptr() not in seen]
+        if func.is_view and not fresh:
+            return out  # a view: no kernel, no memory of its own
+        # (A "view" op that copied, e.g. aten.to.dtype converting, is a kernel like any other.)
+        for t in fresh:
+            if t.untyped_storage().nbytes() > 0:
+                self.graph._note_allocated(t)
+        if func not in _NO_KERNEL:
             self.graph._ops.append(_Op(func, args, kwargs, out))
         return out
 
@@ -352,8 +354,18 @@ class NPUGraph:
             _phases.enter("steady", self._device_index)
         graph_stats[self._size]["replays"] += 1
         with torch.inference_mode():  # like the device, ignore autograd state
-            for op in self._ops:
-                _refresh(op.out, op.func(*op.args, **op.kwargs))
+            for i, op in enumerate(self._ops):
+                try:
+                    _refresh(op.out, op.func(*op.args, **op.kwargs))
+                except Exception as exc:
+                    shapes = [
+                        f"{tuple(t.shape)}:{t.dtype}" if isinstance(t, torch.Tensor) else repr(t)
+                        for t in tree_flatten((op.args, op.kwargs))[0]
+                    ]
+                    raise RuntimeError(
+                        f"NPUGraph replay: kernel {i} of {len(self._ops)} ({op.func}) on "
+                        f"{shapes} failed: {exc}"
+                    ) from exc
 
     def reset(self) -> None:
         self._ops.clear()
