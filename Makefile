@@ -2,8 +2,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# `===` pins the exact registry builds: pip would otherwise prefer a local
-# `torch 2.13.0+cpu` wheel, next to which torchvision 0.28.0 fails to import.
+# `===` pins the exact registry builds: pip would otherwise prefer a local `+cpu` torch
+# wheel (a find-links entry on these machines), next to which the registry's torchvision
+# fails to import.
 TORCH := 'torch===2.14.0' 'torchvision===0.29.0'
 MODEL_DIR ?= .cache/tiny-qwen3-vl-reranker
 
