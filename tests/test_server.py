@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import http.server
+import io
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 import torch
-from conftest import ATOL, make_pairs
+from conftest import ATOL, Server, make_pairs, serve_args
 
 PREFIX = (
     "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query "
@@ -17,6 +22,58 @@ PREFIX = (
     "<|im_start|>user\n"
 )
 SUFFIX = "<|im_end|>\n<|im_start|>assistant\n"
+
+
+@pytest.fixture(scope="module")
+def server(checkpoints) -> Iterator[Server]:
+    """One server for the module; per-request media kwargs allowed, so that bad values of
+    them reach the plugin's checks."""
+    srv = Server(checkpoints["tied"], serve_args(["--trust-request-mm-kwargs"]))
+    yield srv
+    srv.stop()
+
+
+def _png() -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class _MediaHost(http.server.BaseHTTPRequestHandler):
+    """/status/<code>/...: that status; a path ending in -missing.png: 404; anything else: a
+    small PNG."""
+
+    png = _png()
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        parts = self.path.split("/")
+        if parts[1] == "status":
+            self.send_error(int(parts[2]))
+            return
+        if self.path.endswith("-missing.png"):
+            self.send_error(404)
+            return
+        self._send(self.png, "image/png")
+
+    def _send(self, data: bytes, kind: str) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def media_host() -> Iterator[str]:
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _MediaHost)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -95,25 +152,117 @@ def test_preformatted_request_is_not_templated_twice(server, checkpoints, ref) -
     assert r.json()["usage"]["prompt_tokens"] == total  # one system prompt per pair, not two
 
 
-BAD_REQUESTS = {
-    "empty documents": {"query": "cat", "documents": []},
-    "missing query": {"documents": ["a"]},
-    "query wrong type": {"query": 5, "documents": ["a"]},
-    "documents wrong type": {"query": "cat", "documents": "not-a-list-of-docs-" * 0 or 7},
-    "over-long document": {"query": "cat", "documents": ["word " * 3000]},
-    "negative top_n": {"query": "cat", "documents": ["a"], "top_n": "x"},
-}
+def image(url: str) -> dict:
+    return {"content": [{"type": "image_url", "image_url": {"url": url}}]}
 
 
-@pytest.mark.parametrize("name", list(BAD_REQUESTS))
-def test_bad_input_is_a_clear_4xx_and_server_keeps_serving(server, checkpoints, name) -> None:
-    body = {"model": model_name(checkpoints), **BAD_REQUESTS[name]}
-    r = server.post("/v1/rerank", body)
-    assert 400 <= r.status_code < 500, (name, r.status_code, r.text)
-    assert r.json().get("error", {}).get("message") or r.json().get("message"), r.text
+# Long look-alike URLs: same first 48 characters and length, so shown the same shortened way.
+LOOK_ALIKE = "/media/" + "x" * 70
+
+
+def bad_requests(host: str) -> dict[str, tuple[dict | bytes, int, str]]:
+    """The maintained list of bad input: name -> (request body, exact status, what the error
+    message must contain). Media hosts that may recover answer 503 (retryable, as stock vLLM
+    keeps them); everything else the client got wrong is a 4xx naming it."""
+    deep = b'{"query": "q", "documents": [' + b"[" * 3000 + b"]" * 3000 + b"]}"
+    return {
+        "empty documents": ({"query": "cat", "documents": []}, 400, "At least one"),
+        "missing query": ({"documents": ["a"]}, 400, "query"),
+        "query wrong type": ({"query": 5, "documents": ["a"]}, 400, "query"),
+        "documents wrong type": ({"query": "cat", "documents": 7}, 400, "documents"),
+        "over-long document": (
+            {"query": "cat", "documents": ["word " * 3000]}, 400, "maximum context length"
+        ),
+        "negative top_n": ({"query": "cat", "documents": ["a"], "top_n": -1}, 400, "top_n"),
+        "top_n not a number": ({"query": "cat", "documents": ["a"], "top_n": "x"}, 400, "top_n"),
+        "JSON nested 3,000 deep": (deep, 400, "error parsing the body"),
+        "media host 404": (
+            {"query": "q", "documents": ["a", image(host + "/status/404/img/cat.png")]},
+            422,
+            f"documents[1]: image_url '{host}/status/404/img/cat.png' could not be fetched",
+        ),
+        "media host 503": (
+            {"query": "q", "documents": ["a", image(host + "/status/503/img/cat.png")]},
+            503,
+            f"documents[1]: image_url '{host}/status/503/img/cat.png' could not be fetched, "
+            "a retry may succeed",
+        ),
+        "media host 429": (
+            {"query": "q", "documents": [image(host + "/status/429/a/b.png")]},
+            503,
+            "documents[0]: image_url ",
+        ),
+        "look-alike URLs, one missing": (
+            {"query": "q", "documents": [image(host + LOOK_ALIKE + "-present.png"),
+                                         image(host + LOOK_ALIKE + "-missing.png")]},
+            422,
+            "documents[1]: image_url ",  # and not documents[0]
+        ),  # fmt: skip
+        "max_pixels 0": (
+            {"query": "q", "documents": [image(host + "/img/ok.png")],
+             "mm_processor_kwargs": {"max_pixels": 0}},
+            400,
+            "mm_processor_kwargs.max_pixels",
+        ),  # fmt: skip
+    }
+
+
+BAD_NAMES = list(bad_requests("http://h"))
+
+
+def post_bad(server, checkpoints, host: str, name: str) -> requests.Response:
+    body, _, _ = bad_requests(host)[name]
+    if isinstance(body, bytes):
+        return requests.post(server.url + "/v1/rerank", data=body, timeout=120,
+                             headers={"Content-Type": "application/json"})  # fmt: skip
+    return server.post("/v1/rerank", {"model": model_name(checkpoints), **body})
+
+
+def check_bad(name: str, host: str, r: requests.Response) -> None:
+    _, status, phrase = bad_requests(host)[name]
+    assert r.status_code == status, (name, r.status_code, r.text)
+    payload = r.json()
+    # FastAPI's own body-parsing error keeps its {"detail": ...} form in stock vLLM
+    message = payload["error"]["message"] if "error" in payload else payload["detail"]
+    assert phrase in message, (name, message)
+    assert "[media " not in message and "<path>" not in message, (name, message)
+    if name.startswith("look-alike"):
+        assert "documents[0]" not in message, message
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_bad_input_is_a_clear_error_and_server_keeps_serving(
+    server, checkpoints, media_host, name
+) -> None:
+    check_bad(name, media_host, post_bad(server, checkpoints, media_host, name))
     ok = server.post("/v1/rerank", {"model": model_name(checkpoints), "query": "cat",
                                     "documents": ["a cat"]})
     assert ok.status_code == 200
+
+
+def test_bad_inputs_with_good_requests_in_flight_then_parity(
+    server, checkpoints, media_host, ref
+) -> None:
+    """Every bad input at once, good requests in flight: each bad one gets its answer, every
+    good one its official scores, and afterwards the server still scores exactly."""
+    query, docs = make_pairs(6, seed=11)
+    want = ref.score({"text": query}, [{"text": d} for d in docs])
+    good = {"model": model_name(checkpoints), "query": query, "documents": docs}
+
+    def scores(r: requests.Response) -> list[float]:
+        assert r.status_code == 200, r.text
+        got = {x["index"]: x["relevance_score"] for x in r.json()["results"]}
+        return [got[i] for i in range(len(docs))]
+
+    with cf.ThreadPoolExecutor(8) as pool:
+        goods = [pool.submit(server.post, "/v1/rerank", good) for _ in range(6)]
+        bads = {n: pool.submit(post_bad, server, checkpoints, media_host, n) for n in BAD_NAMES}
+        goods += [pool.submit(server.post, "/v1/rerank", good) for _ in range(6)]
+        for name, future in bads.items():
+            check_bad(name, media_host, future.result())
+        for future in goods:
+            assert scores(future.result()) == pytest.approx(want, abs=ATOL)
+    assert scores(server.post("/v1/rerank", good)) == pytest.approx(want, abs=ATOL)
 
 
 def test_empty_query_is_rejected(server, checkpoints) -> None:
@@ -128,10 +277,18 @@ def test_unknown_model_is_404(server) -> None:
 
 
 def test_over_long_input_with_truncation_is_scored(server, checkpoints) -> None:
+    from reference import KEEP_TAIL, OfficialReranker
+
+    doc = "word " * 3000
     r = server.post("/v1/rerank", {"model": model_name(checkpoints), "query": "cat",
-                                   "documents": ["word " * 3000], "truncate_prompt_tokens": -1})
+                                   "documents": [doc], "truncate_prompt_tokens": -1})
     assert r.status_code == 200, r.text
-    assert r.json()["usage"]["prompt_tokens"] <= 1024
+    assert r.json()["usage"]["prompt_tokens"] == 1024  # cut to --max-model-len exactly
+    # The official rule cut to the same length: max_length ids, then the 5-id closing turn.
+    want = OfficialReranker(checkpoints["tied"], max_length=1024 - KEEP_TAIL).score(
+        {"text": "cat"}, [{"text": doc}]
+    )
+    assert r.json()["results"][0]["relevance_score"] == pytest.approx(want[0], abs=ATOL)
 
 
 def test_concurrent_requests_agree_with_sequential(server, checkpoints) -> None:

@@ -91,9 +91,10 @@ def amend(body: bytes, error: bytes) -> bytes | None:
         request = None
     where, url = failing_inputs(request, tag.group(1))
     message = message[: tag.start()] + message[tag.end() :]
-    if url is not None:  # the URL as sent, in place of its sanitized form
-        shown = repr(shown_url(url))
-        message = message.replace(_sanitized(shown), shown, 1)
+    if url is not None:  # the URL as sent, in place of its sanitized form (the reason, e.g.
+        # an HTTP error's text, may hold the URL again)
+        for text in dict.fromkeys((repr(shown_url(url)), url)):
+            message = message.replace(_sanitized(text), text)
     if where:
         message = f"{', '.join(where)}: {message}"
         payload["error"]["param"] = ", ".join(where)
