@@ -12,7 +12,8 @@ whatever the captured inputs hold now. The emulation:
 - records every aten / custom op that touches a device tensor while capturing (a
   ``TorchDispatchMode``; one op = one kernel: an emulated torch_npu op is recorded as one op,
   not as the aten ops it is made of). Ops on host tensors only run once, as host code does.
-  View ops and bare allocations (``empty``) are not recorded: they issue no kernel.
+  Views (an op whose outputs all alias its inputs) and bare allocations (``empty``) are not
+  recorded: they issue no kernel. An op that may alias but copied (``aten.to`` converting) is.
 - allocates what the capture allocates from the graph's pool (the emulated allocator's
   ``begin/end_allocate_to_pool``; several graphs may share a pool: ``pool=`` /
   ``graph_pool_handle()``), and releases the pool when the graph is reset or deleted.
@@ -93,7 +94,8 @@ _capturing: list[NPUGraph] = []
 class _Phases:
     """Device-memory high-water marks per phase (the allocator's own marks, watermark.cpp, not
     its resettable peak statistics): "before_capture" (model, profiling, KV cache) until the
-    first graph capture, "capture" until the first replay, "steady" (serving) until exit."""
+    first graph capture, "capture" until the first replay, "steady" (serving) until exit;
+    "whole_run" in a process that captured no graph."""
 
     def __init__(self) -> None:
         self.phase = "before_capture"
@@ -126,8 +128,13 @@ class _Phases:
         return ("before_capture", "capture", "steady").index(phase)
 
     def report(self) -> dict[str, dict[str, int]]:
-        if self.device is None:
-            return {}
+        if self.device is None:  # no graph captured (eager): one phase, the whole run
+            if not _device_on():
+                return {}
+            self.device = torch.npu.current_device()  # type: ignore[attr-defined]
+            self._take()
+            whole = self.marks.pop("before_capture", {})
+            return {"whole_run": whole} if whole.get("peak_reserved_bytes") else {}
         self._take()
         return self.marks
 
