@@ -654,8 +654,10 @@ def test_npu_communicator_single_rank() -> None:
     import torch.distributed as dist
 
     from vllm_ascend_rerank.distributed import NpuCommunicator
+    from vllm_ascend_rerank.serving import free_port
 
-    dist.init_process_group("gloo", init_method="tcp://127.0.0.1:29531", rank=0, world_size=1)
+    url = f"tcp://127.0.0.1:{free_port()}"  # a fixed port collides with parallel runs
+    dist.init_process_group("gloo", init_method=url, rank=0, world_size=1)
     try:
         group = dist.new_group([0], backend="gloo")
         comm = NpuCommunicator(group, device_group=group, unique_name="tp:0")
