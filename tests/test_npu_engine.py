@@ -139,3 +139,27 @@ def test_npu_ops_ran(runs) -> None:
            "npu_fused_infer_attention_score:cached_context")  # fmt: skip
     for op in ops:
         assert calls.get(op, 0) > 0, (op, calls)
+
+
+def test_npu_mode_without_triton_ascend_names_it(checkpoints) -> None:
+    """Without triton-ascend (no active Triton driver) NPU mode stops at configuration and
+    says what to install, instead of vLLM's worker failing later."""
+    if not LIBRARY.exists():
+        pytest.skip(f"{LIBRARY.name} not built (make npu-emulation)")
+    code = (
+        "from vllm.engine.arg_utils import EngineArgs\n"
+        "from conftest import HF_OVERRIDES\n"
+        f"EngineArgs(model={str(checkpoints['tied'])!r}, runner='pooling', "
+        "hf_overrides=HF_OVERRIDES).create_engine_config()\n"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(EMULATION), str(REPO / "tests")]),
+        "VLLM_ASCEND_RERANK_DEVICE": "npu",
+        "TORCH_NPU_EMULATION_TRITON": "0",  # the emulated triton-ascend stays out
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode != 0
+    assert "install triton-ascend" in out.stderr, out.stderr[-2000:]

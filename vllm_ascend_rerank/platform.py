@@ -209,6 +209,15 @@ class AscendRerankPlatform(Platform):
     def check_and_update_config(cls, vllm_config: VllmConfig) -> None:
         from vllm_ascend_rerank.config import update_config
 
+        if device.is_npu():
+            from vllm.triton_utils import HAS_TRITON
+
+            if not HAS_TRITON:  # else vLLM's worker fails later, naming no package
+                raise RuntimeError(
+                    "vllm-ascend-rerank on an NPU runs vLLM 0.34's model runner, whose input "
+                    "preparation is Triton kernels: install triton-ascend (the [npu] extra) "
+                    "so that Triton finds exactly one active driver, the NPU's."
+                )
         update_config(vllm_config, npu=device.is_npu())
         logger.info_once(
             "vllm-ascend-rerank: running on %s",

@@ -58,12 +58,16 @@ from ._common import trace_sections
 BACKEND = "ascend"  # triton-ascend's in-tree backend directory: triton/backends/ascend
 TARGET = "npu"  # GPUTarget.backend of triton-ascend's driver
 _ARCH_ENV = "TRITON_ASCEND_ARCH"
+_SWITCH_ENV = "TORCH_NPU_EMULATION_TRITON"
 _DEFAULT_ARCH = "Ascend910B3"
 _BENCH_CACHE_BYTES = 192 * 1024 * 1024  # triton-ascend's L2-sized flush buffer
 
 
 def install() -> None:
-    """Turn the interpreter on and register the backend (idempotent)."""
+    """Turn the interpreter on and register the backend (idempotent). With
+    ``TORCH_NPU_EMULATION_TRITON=0``: nothing, as on a host without triton-ascend."""
+    if os.environ.get(_SWITCH_ENV) == "0":
+        return
     if "triton.language" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
         # triton.language builds its own @jit helpers at import: the interpreter cannot be
         # switched on for them any more, and kernels calling them fail at launch.
