@@ -37,6 +37,11 @@ What differs from hardware:
   -print-targets`` for ``hiipu64``). The compiler class (``AscendBackend``) exists for Triton's
   backend discovery and refuses to compile.
 - Launches are synchronous on the host, like all work on the emulated device; streams are ids.
+- Speed: the interpreter runs one program at a time in Python. vLLM's Qwen3-VL vision tower
+  interpolates position embeddings with one program per patch (``_bilinear_pos_embed_kernel``,
+  ~30 ms each here): the engine's start-up profile of the vision encoder at the checkpoint's
+  largest images took 14 minutes on 2 cores (measured). Emulated runs stay text-only
+  (``limit_mm_per_prompt={"image": 0, "video": 0}``) or keep images small (``max_pixels``).
 
 Each launch is counted by kernel name; the trace (``TORCH_NPU_EMULATION_TRACE``) lists them
 under "triton".
