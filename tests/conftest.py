@@ -128,18 +128,41 @@ def close_llm(llm) -> None:
 class Server(LocalServer):
     """``vllm serve`` for a test module, its output in a log file named in errors."""
 
-    def __init__(self, model: Path, args: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, model: Path, args: list[str], env: dict[str, str] | None = None, timeout: float = 240
+    ) -> None:
         port = free_port()
         self.log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"vllm-serve-{port}.log", "w")
         try:
             super().__init__(model, args, port=port, log=self.log,
-                             env={**os.environ, **(env or {})}, timeout=240)  # fmt: skip
+                             env={**os.environ, **(env or {})}, timeout=timeout)  # fmt: skip
         except (RuntimeError, TimeoutError) as exc:
             raise RuntimeError(f"{exc}; see {self.log.name}") from exc
 
     def stop(self) -> None:
         super().stop()
         self.log.close()
+
+
+def run_bench_serve(server: Server, model: str, prompts: int) -> None:
+    """Stock ``vllm bench serve --backend vllm-rerank`` against ``server``: every request ok."""
+    import subprocess
+    import sys
+
+    cmd = [
+        str(Path(sys.executable).parent / "vllm"), "bench", "serve",
+        "--backend", "vllm-rerank", "--dataset-name", "random-rerank",
+        "--endpoint", "/v1/rerank", "--model", model,
+        "--base-url", server.url, "--num-prompts", str(prompts), "--random-input", "60",
+        "--seed", "0",
+    ]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    text = out.stdout
+    assert "Successful requests:" in text, text[-2000:]
+    ok = int(text.split("Successful requests:")[1].split()[0])
+    failed = int(text.split("Failed requests:")[1].split()[0]) if "Failed requests:" in text else 0
+    assert ok == prompts and failed == 0, text[-2000:]
 
 
 def serve_args(extra: list[str] | None = None) -> list[str]:

@@ -12,15 +12,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ATOL, REPO, make_pairs, serve_args
-
-from vllm_ascend_rerank.serving import LocalServer, free_port
+from conftest import ATOL, REPO, Server, make_pairs, run_bench_serve, serve_args
 
 EMULATION = REPO / "tests" / "npu_emulation"
 LIBRARY = EMULATION / "torch_npu" / "_device.so"
@@ -61,23 +57,6 @@ def mode_env(mode: str, parallel: str) -> dict[str, str]:
     }
 
 
-class Server(LocalServer):
-    """conftest's ``Server`` with a start timeout that fits two emulated ranks on 2 busy cores."""
-
-    def __init__(self, model: Path, args: list[str], env: dict[str, str]) -> None:
-        port = free_port()
-        self.log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"vllm-serve-{port}.log", "w")
-        try:
-            super().__init__(model, args, port=port, log=self.log,
-                             env={**os.environ, **env}, timeout=900)  # fmt: skip
-        except (RuntimeError, TimeoutError) as exc:
-            raise RuntimeError(f"{exc}; see {self.log.name}") from exc
-
-    def stop(self) -> None:
-        super().stop()
-        self.log.close()
-
-
 class Engines:
     """At most one ``vllm serve`` at a time (2 cores); each (mode, parallelism) starts once."""
 
@@ -91,7 +70,8 @@ class Engines:
         if self.current != (mode, parallel):
             self.stop()
             args = serve_args([*SERVE_FLAGS, *PARALLEL_FLAGS[parallel]])
-            self.running = Server(self.model, args, env=mode_env(mode, parallel))
+            # two emulated ranks on 2 busy cores start slowly
+            self.running = Server(self.model, args, env=mode_env(mode, parallel), timeout=900)
             self.current = (mode, parallel)
         assert self.running is not None
         return self.running
@@ -154,22 +134,7 @@ def test_npu_score_matches_official(engines: Engines, ref) -> None:  # noqa: ANN
 
 
 def test_npu_vllm_bench_serve_rerank(engines: Engines) -> None:
-    server = engines.server("npu", "tp1")
-    prompts = 16
-    cmd = [
-        str(Path(sys.executable).parent / "vllm"), "bench", "serve",
-        "--backend", "vllm-rerank", "--dataset-name", "random-rerank",
-        "--endpoint", "/v1/rerank", "--model", str(engines.model),
-        "--base-url", server.url, "--num-prompts", str(prompts), "--random-input", "60",
-        "--seed", "0",
-    ]  # fmt: skip
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    text = out.stdout
-    assert "Successful requests:" in text, text[-2000:]
-    ok = int(text.split("Successful requests:")[1].split()[0])
-    failed = int(text.split("Failed requests:")[1].split()[0]) if "Failed requests:" in text else 0
-    assert ok == prompts and failed == 0, text[-2000:]
+    run_bench_serve(engines.server("npu", "tp1"), str(engines.model), prompts=16)
 
 
 # ---- 2. TP=2 and DP=2 give TP=1's scores, on the emulated NPU and in the CPU reference mode ----

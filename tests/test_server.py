@@ -5,16 +5,13 @@ from __future__ import annotations
 import concurrent.futures as cf
 import http.server
 import io
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import requests
 import torch
-from conftest import ATOL, Server, make_pairs, serve_args
+from conftest import ATOL, Server, make_pairs, run_bench_serve, serve_args
 
 PREFIX = (
     "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query "
@@ -305,17 +302,4 @@ def test_concurrent_requests_agree_with_sequential(server, checkpoints) -> None:
 
 
 def test_vllm_bench_serve_rerank(server, checkpoints) -> None:
-    cmd = [
-        str(Path(sys.executable).parent / "vllm"), "bench", "serve",
-        "--backend", "vllm-rerank", "--dataset-name", "random-rerank",
-        "--endpoint", "/v1/rerank", "--model", model_name(checkpoints),
-        "--base-url", server.url, "--num-prompts", "40", "--random-input", "60",
-        "--seed", "0",
-    ]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    text = out.stdout
-    assert "Successful requests:" in text, text[-2000:]
-    ok = int(text.split("Successful requests:")[1].split()[0])
-    failed = int(text.split("Failed requests:")[1].split()[0]) if "Failed requests:" in text else 0
-    assert ok == 40 and failed == 0, text[-2000:]
+    run_bench_serve(server, model_name(checkpoints), prompts=40)
