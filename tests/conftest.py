@@ -105,6 +105,18 @@ def pure_torch() -> contextlib.AbstractContextManager[None]:
     )
 
 
+EMULATED_DEVICE = REPO / "tests" / "npu_emulation" / "torch_npu" / "_device.so"
+
+
+def require_emulated_npu() -> None:
+    """Skip without the emulated npu device library (``make npu-emulation``); fail in CI."""
+    if not EMULATED_DEVICE.exists():
+        msg = f"{EMULATED_DEVICE.name} not built (make npu-emulation)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{msg}: CI must build the emulated device")
+        pytest.skip(msg)
+
+
 def make_llm(model: Path, **kwargs):
     from vllm import LLM
 

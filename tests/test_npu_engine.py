@@ -25,10 +25,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ATOL, REPO, make_pairs
+from conftest import ATOL, REPO, make_pairs, require_emulated_npu
 
 EMULATION = REPO / "tests" / "npu_emulation"
-LIBRARY = EMULATION / "torch_npu" / "_device.so"
 BF16_ATOL = 2e-2  # bfloat16 engine against the float32 official rule
 GRAPH_SIZES = (64, 256)
 N_PAIRS = 6
@@ -66,11 +65,7 @@ def _trace(path: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def runs(checkpoints, heads128_checkpoint, tmp_path_factory) -> dict[str, dict]:
-    if not LIBRARY.exists():
-        msg = f"{LIBRARY.name} not built (make npu-emulation)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{msg}: CI must build the emulated device")
-        pytest.skip(msg)
+    require_emulated_npu()
     tmp = tmp_path_factory.mktemp("npu-engine")
     script = tmp / "run_npu.py"
     script.write_text(SCRIPT)
@@ -144,8 +139,7 @@ def test_npu_ops_ran(runs) -> None:
 def test_npu_mode_without_triton_ascend_names_it(checkpoints) -> None:
     """Without triton-ascend (no active Triton driver) NPU mode stops at configuration and
     says what to install, instead of vLLM's worker failing later."""
-    if not LIBRARY.exists():
-        pytest.skip(f"{LIBRARY.name} not built (make npu-emulation)")
+    require_emulated_npu()
     code = (
         "from vllm.engine.arg_utils import EngineArgs\n"
         "from conftest import HF_OVERRIDES\n"
@@ -163,3 +157,46 @@ def test_npu_mode_without_triton_ascend_names_it(checkpoints) -> None:
     )
     assert out.returncode != 0
     assert "install triton-ascend" in out.stderr, out.stderr[-2000:]
+
+
+# ---- the engine in NPU mode (eager): platform, RerankNPUWorker, vLLM's runner on npu:0 -----
+ENGINE_SCRIPT = """
+import json, sys
+from conftest import make_llm, make_pairs
+if __name__ == "__main__":
+    llm = make_llm(sys.argv[1], enforce_eager=True, gpu_memory_utilization=0.5,
+                   limit_mm_per_prompt={"image": 0, "video": 0})
+    query, docs = make_pairs(8, seed=3)
+    print(json.dumps([o.outputs.score for o in llm.score(query, docs)]))
+"""
+
+
+def test_eager_engine_in_npu_mode_matches_official(
+    checkpoints, reference_factory, tmp_path: Path
+) -> None:
+    """Stock ``LLM.score`` with the device on: the plugin's NPU platform and worker run vLLM's
+    GPU model runner on npu:0 (eager), and the scores are the official rule's (fp32)."""
+    require_emulated_npu()
+    trace, script = tmp_path / "trace.jsonl", tmp_path / "run.py"
+    script.write_text(ENGINE_SCRIPT)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(EMULATION), str(REPO / "tests")]),
+        "VLLM_ASCEND_RERANK_DEVICE": "npu",
+        "TORCH_NPU_EMULATION_MEMORY_MB": "2048",  # the KV cache is real host memory
+        "TORCH_NPU_EMULATION_TRACE": str(trace),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),  # vLLM would use 1
+    }
+    out = subprocess.run(
+        [sys.executable, str(script), str(checkpoints["tied"])],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-4000:]
+    scores = json.loads(next(ln for ln in out.stdout.splitlines() if ln.startswith("[")))
+    query, docs = make_pairs(8, seed=3)
+    want = reference_factory(checkpoints["tied"]).score(
+        {"text": query}, [{"text": d} for d in docs]
+    )
+    assert scores == pytest.approx(want, abs=ATOL)
+    workers = [json.loads(ln).get("worker") for ln in trace.read_text().splitlines()]
+    assert any(w and w.endswith(".RerankNPUWorker") for w in workers), workers
