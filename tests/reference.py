@@ -252,6 +252,41 @@ def video_placeholder(grid_thw, metadata: dict, frame_seqlen: int) -> str:
     return "".join(f"<{stamps[t]:.1f} seconds>" + pads for t in range(int(grid_thw[0])))
 
 
+def expand_media(
+    processor: Any, messages: list[dict], min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS
+) -> tuple[str, dict]:
+    """The rendered prompt of ``messages`` with each media placeholder expanded as the official
+    processor does (one pad per merged patch; the 4.57.3 video layout), and the pixel inputs.
+    Images and videos are read by the official rules (``load_image``, ``load_video``)."""
+    text = render(messages)
+    parts = [part for m in messages for part in m["content"]]
+    images = [load_image(p["image"], min_pixels, max_pixels) for p in parts if p["type"] == "image"]
+    videos = [load_video(p["video"]) for p in parts if p["type"] == "video"]
+    merge = processor.image_processor.merge_size**2
+    pixels = {}
+    if images:
+        out = processor.image_processor(images=images, do_resize=False, return_tensors="pt")
+        pixels.update(pixel_values=out["pixel_values"], image_grid_thw=out["image_grid_thw"])
+        for grid in out["image_grid_thw"]:
+            pads = "<|vision_start|>" + "<|placeholder|>" * (int(grid.prod()) // merge)
+            text = text.replace(IMAGE_PLACEHOLDER, pads + "<|vision_end|>", 1)
+        text = text.replace("<|placeholder|>", "<|image_pad|>")
+    if videos:
+        out = processor.video_processor(
+            videos=[v for v, _ in videos],
+            video_metadata=[m for _, m in videos],
+            do_resize=False,
+            do_sample_frames=False,
+            return_tensors="pt",
+        )
+        grids = out["video_grid_thw"]
+        pixels.update(pixel_values_videos=out["pixel_values_videos"], video_grid_thw=grids)
+        for grid, (_, metadata) in zip(grids, videos, strict=True):
+            seqlen = int(grid[1:].prod()) // merge
+            text = text.replace(VIDEO_PLACEHOLDER, video_placeholder(grid, metadata, seqlen), 1)
+    return text, pixels
+
+
 def truncate(ids: list[int], max_length: int, special_ids: set[int]) -> list[int]:
     """Official truncate_tokens_optimized applied to ids[:-5], then the 5 tail ids back."""
     head, tail = ids[:-KEEP_TAIL], ids[-KEEP_TAIL:]
@@ -305,38 +340,7 @@ class OfficialReranker:
         import torch
 
         messages = build_messages(query, document, instruction, self.instruction)
-        text = render(messages)
-        parts = [part for m in messages for part in m["content"]]
-        images = [
-            load_image(p["image"], self.min_pixels, self.max_pixels)
-            for p in parts
-            if p["type"] == "image"
-        ]
-        videos = [load_video(p["video"]) for p in parts if p["type"] == "video"]
-        merge = self.processor.image_processor.merge_size ** 2
-        pixels = {}
-        if images:  # the processor's expansion: one pad per merged patch
-            out = self.processor.image_processor(
-                images=images, do_resize=False, return_tensors="pt"
-            )
-            pixels.update(pixel_values=out["pixel_values"], image_grid_thw=out["image_grid_thw"])
-            for grid in out["image_grid_thw"]:
-                pads = "<|vision_start|>" + "<|placeholder|>" * (int(grid.prod()) // merge)
-                text = text.replace(IMAGE_PLACEHOLDER, pads + "<|vision_end|>", 1)
-            text = text.replace("<|placeholder|>", "<|image_pad|>")
-        if videos:
-            out = self.processor.video_processor(
-                videos=[v for v, _ in videos],
-                video_metadata=[m for _, m in videos],
-                do_resize=False,
-                do_sample_frames=False,
-                return_tensors="pt",
-            )
-            grids = out["video_grid_thw"]
-            pixels.update(pixel_values_videos=out["pixel_values_videos"], video_grid_thw=grids)
-            for grid, (_, metadata) in zip(grids, videos, strict=True):
-                seqlen = int(grid[1:].prod()) // merge
-                text = text.replace(VIDEO_PLACEHOLDER, video_placeholder(grid, metadata, seqlen), 1)
+        text, pixels = expand_media(self.processor, messages, self.min_pixels, self.max_pixels)
         ids = truncate(self.tokenizer(text)["input_ids"], self.max_length, self.special_ids)
         input_ids = torch.tensor([ids])
         mm_types = (input_ids == self.image_token_id).int() + 2 * (

@@ -1,0 +1,3 @@
+from vllm_ascend_rerank.tiny_checkpoint import main
+
+main()
