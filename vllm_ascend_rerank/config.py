@@ -13,7 +13,7 @@ import psutil
 import torch
 from vllm.logger import init_logger
 
-from vllm_ascend_rerank import envs
+from vllm_ascend_rerank import embedding, envs
 
 if TYPE_CHECKING:
     from vllm.config import VllmConfig
@@ -40,6 +40,7 @@ def update_config(vllm_config: VllmConfig, npu: bool) -> None:
     if vllm_config.model_config is not None:
         _reranker_head(vllm_config)
         _reranker_inputs(vllm_config)
+        embedding.configure(vllm_config)
     parallel = vllm_config.parallel_config
     if parallel.worker_cls == "auto":
         parallel.worker_cls = NPU_WORKER if npu else CPU_WORKER
@@ -93,19 +94,80 @@ def _keep_freed_memory() -> None:
         os.environ.setdefault(name, value)
 
 
+_USER_SIZE_FIELDS = ("prefill_cudagraph_capture_token_sizes", "cudagraph_capture_sizes")
+_USER_CAP_FIELDS = ("max_prefill_cudagraph_capture_tokens", "max_cudagraph_capture_size")
+
+
+def npu_graph_sizes(vllm_config: VllmConfig) -> None:
+    """Choose the ACL graph token sizes before vLLM resolves its own grid (the platform's
+    ``apply_config_platform_defaults``: after this, vLLM has overwritten what the user set).
+
+    First found wins: ``compilation_config.prefill_cudagraph_capture_token_sizes`` (vLLM 0.34's
+    field; a reranker's steps are all prefills), ``compilation_config.cudagraph_capture_sizes``
+    (the older field), ``VLLM_ASCEND_RERANK_GRAPH_SIZES``, the plugin's default grid (capped by
+    a user's ``max_prefill_cudagraph_capture_tokens`` or ``max_cudagraph_capture_size``). The
+    sizes are written back as if the user had set them, so that vLLM's resolution keeps them,
+    and logged with where they came from. ``[]`` from the user captures none (eager)."""
+    from vllm_ascend_rerank.graphs.acl_graph import GRAPH_SIZES_ENV, capture_sizes, checked_sizes
+
+    if vllm_config.model_config is None or vllm_config.model_config.enforce_eager:
+        return
+    comp = vllm_config.compilation_config
+    budget = vllm_config.scheduler_config.max_num_batched_tokens
+    user = {f: getattr(comp, f) for f in _USER_SIZE_FIELDS if getattr(comp, f) is not None}
+    env = envs.VLLM_ASCEND_RERANK_GRAPH_SIZES
+    if user:
+        field, raw = next(iter(user.items()))
+        source = f"compilation_config.{field}"
+        sizes = checked_sizes(raw, budget, source) if raw else []
+        for other, value in list(user.items())[1:]:
+            if value is not None and sorted(set(value)) != sizes:
+                logger.warning(
+                    "vllm-ascend-rerank: compilation_config.%s %s ignored: %s is used",
+                    other,
+                    value,
+                    source,
+                )
+        if env.strip():
+            logger.warning("vllm-ascend-rerank: %s ignored: %s is set", GRAPH_SIZES_ENV, source)
+    elif env.strip():
+        source = GRAPH_SIZES_ENV
+        sizes = capture_sizes(budget, env)
+    else:
+        caps = {f: getattr(comp, f) for f in _USER_CAP_FIELDS if getattr(comp, f)}
+        top = min([budget, *caps.values()])
+        sizes = capture_sizes(top)
+        source = f"default: powers of two from 16, and {top} (max_num_batched_tokens"
+        source += "".join(f", compilation_config.{f}" for f in caps) + ")"
+        for f in caps:  # applied; vLLM would reject a cap above the budget
+            setattr(comp, f, None)
+    comp.prefill_cudagraph_capture_token_sizes = list(sizes)
+    # vLLM requires the older field, where set, to agree; it cannot hold [].
+    comp.cudagraph_capture_sizes = list(sizes) or None
+    # PIECEWISE runs one routine for every batch: no separate decode graphs.
+    comp.decode_cudagraph_capture_request_sizes = []
+    logger.info(
+        "vllm-ascend-rerank: ACL graph token sizes %s (from %s)", sizes or "none, eager", source
+    )
+
+
 def _npu_graphs(vllm_config: VllmConfig) -> None:
     """ACL graphs through vLLM's piecewise path: Dynamo splits the forward at attention
     (eager backend, no Inductor for NPU) and ``ACLGraphWrapper`` captures each piece for
-    the token counts of ``graphs.acl_graph.capture_sizes``. ``enforce_eager`` keeps it off."""
+    the token counts ``npu_graph_sizes`` chose. ``enforce_eager`` (or no sizes) keeps it off."""
     from vllm.config import CompilationMode
     from vllm.config.compilation import CUDAGraphMode
 
-    from vllm_ascend_rerank.graphs.acl_graph import capture_sizes
-
     comp = vllm_config.compilation_config
-    if vllm_config.model_config is not None and vllm_config.model_config.enforce_eager:
+    # npu_graph_sizes' choice; vLLM keeps these as set (its other fields hold its own grid
+    # or nothing, e.g. when its optimization level turned graphs off).
+    sizes = sorted(comp.prefill_cudagraph_capture_token_sizes or [])
+    eager = vllm_config.model_config is not None and vllm_config.model_config.enforce_eager
+    if eager or not sizes:
         comp.mode = CompilationMode.NONE
         comp.cudagraph_mode = CUDAGraphMode.NONE
+        comp.cudagraph_capture_sizes = []
+        comp.max_cudagraph_capture_size = 0
         return
     comp.mode = CompilationMode.VLLM_COMPILE
     comp.backend = "eager"
@@ -113,22 +175,12 @@ def _npu_graphs(vllm_config: VllmConfig) -> None:
     comp.pass_config.fuse_norm_quant = False
     comp.pass_config.fuse_act_quant = False
     comp.cudagraph_mode = CUDAGraphMode.PIECEWISE
-    sizes = capture_sizes(
-        vllm_config.scheduler_config.max_num_batched_tokens, envs.VLLM_ASCEND_RERANK_GRAPH_SIZES
-    )
     comp.cudagraph_capture_sizes = sizes
     comp.max_cudagraph_capture_size = sizes[-1]
-    # vLLM resolved its own grid into these before this hook; its runner captures from them.
     comp.prefill_cudagraph_capture_token_sizes = sizes
     comp.max_prefill_cudagraph_capture_tokens = sizes[-1]
-    # PIECEWISE runs one routine for every batch: no separate decode graphs.
     comp.decode_cudagraph_capture_request_sizes = []
     comp.max_decode_cudagraph_capture_requests = 0
-    logger.info(
-        "vllm-ascend-rerank: ACL graphs (piecewise) for %d token sizes up to %d",
-        len(sizes),
-        sizes[-1],
-    )
 
 
 def _reranker_head(vllm_config: VllmConfig) -> None:

@@ -206,6 +206,14 @@ class AscendRerankPlatform(Platform):
                 logger.warning("Unknown vLLM environment variable detected: %s", name)
 
     @classmethod
+    def apply_config_platform_defaults(cls, vllm_config: VllmConfig) -> None:
+        # Runs before vLLM resolves its graph sizes: the last point where the user's are seen.
+        if device.is_npu():
+            from vllm_ascend_rerank.config import npu_graph_sizes
+
+            npu_graph_sizes(vllm_config)
+
+    @classmethod
     def check_and_update_config(cls, vllm_config: VllmConfig) -> None:
         from vllm_ascend_rerank.config import update_config
 

@@ -53,28 +53,18 @@ def capture_sizes(max_num_tokens: int, override: str = "") -> list[int]:
 
     Default: powers of two from ``MIN_CAPTURE_SIZE`` up to the token budget, plus the budget
     itself so that every step fits a graph (padding costs at most 2x). ``override`` is a comma
-    separated list (``VLLM_ASCEND_RERANK_GRAPH_SIZES``); sizes above the budget are dropped.
+    separated list (``VLLM_ASCEND_RERANK_GRAPH_SIZES``), checked by ``checked_sizes``.
     """
     if max_num_tokens < 1:
         raise ValueError(f"max_num_tokens must be positive, got {max_num_tokens}")
     if override.strip():
         try:
-            sizes = {int(part) for part in override.split(",") if part.strip()}
+            parts = [int(part) for part in override.split(",") if part.strip()]
         except ValueError as exc:
             raise ValueError(
                 f"{GRAPH_SIZES_ENV} must be comma separated ints: {override!r}"
             ) from exc
-        if any(s < 1 for s in sizes):
-            raise ValueError(f"{GRAPH_SIZES_ENV} sizes must be positive: {override!r}")
-        too_big = sorted(s for s in sizes if s > max_num_tokens)
-        if too_big:
-            logger.warning(
-                "%s: dropping %s, above the token budget %d",
-                GRAPH_SIZES_ENV,
-                too_big,
-                max_num_tokens,
-            )
-        return sorted(s for s in sizes if s <= max_num_tokens)
+        return checked_sizes(parts, max_num_tokens, GRAPH_SIZES_ENV)
     sizes = set()
     size = MIN_CAPTURE_SIZE
     while size < max_num_tokens:
@@ -82,6 +72,34 @@ def capture_sizes(max_num_tokens: int, override: str = "") -> list[int]:
         size *= 2
     sizes.add(max_num_tokens)
     return sorted(sizes)
+
+
+def checked_sizes(sizes: Sequence[object], max_num_tokens: int, name: str) -> list[int]:
+    """A user's capture sizes (``name`` says where they were set), ascending, without
+    duplicates. Each must be a positive int. Sizes above the token budget could never be
+    used (no step is larger): they are dropped with a warning, as vLLM drops its own; a list
+    with nothing left is an error, since the user asked for graphs."""
+    bad = [s for s in sizes if isinstance(s, bool) or not isinstance(s, int) or s < 1]
+    if bad:
+        raise ValueError(f"{name}: capture sizes must be positive ints, got {bad!r}")
+    ints = {int(s) for s in sizes}  # type: ignore[call-overload]  # checked above
+    kept = sorted(s for s in ints if s <= max_num_tokens)
+    too_big = sorted(ints - set(kept))
+    if too_big and not kept:
+        raise ValueError(
+            f"{name}: every capture size {too_big} is above max_num_batched_tokens="
+            f"{max_num_tokens}; no step is that large. Use sizes up to {max_num_tokens} "
+            "or raise --max-num-batched-tokens."
+        )
+    if too_big:
+        logger.warning(
+            "%s: dropping capture sizes %s, above max_num_batched_tokens=%d (no step is "
+            "that large)",
+            name,
+            too_big,
+            max_num_tokens,
+        )
+    return kept
 
 
 def padded_size(num_tokens: int, sizes: Sequence[int]) -> int | None:
