@@ -69,6 +69,19 @@ def heads128_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def embedding_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny Qwen3-VL-Embedding (hidden size 128), without and with the sentence-transformers
+    files of the real release (same weights)."""
+    from vllm_ascend_rerank.tiny_checkpoint import make_tiny_embedding_checkpoint
+
+    base = tmp_path_factory.mktemp("embedding-checkpoints")
+    return {
+        "plain": make_tiny_embedding_checkpoint(base / "plain"),
+        "st": make_tiny_embedding_checkpoint(base / "st", sentence_transformers=True),
+    }
+
+
+@pytest.fixture(scope="session")
 def reference_factory():
     """OfficialReranker per checkpoint, loaded once."""
     from reference import OfficialReranker
@@ -100,9 +113,7 @@ def plugin_env(**values: str) -> Iterator[None]:
 
 def pure_torch() -> contextlib.AbstractContextManager[None]:
     """The pure-torch reference kernels: attention and plain ``F.linear``."""
-    return plugin_env(
-        VLLM_ASCEND_RERANK_ATTN_IMPL="torch", VLLM_ASCEND_RERANK_CPU_LINEAR="torch"
-    )
+    return plugin_env(VLLM_ASCEND_RERANK_ATTN_IMPL="torch", VLLM_ASCEND_RERANK_CPU_LINEAR="torch")
 
 
 EMULATED_DEVICE = REPO / "tests" / "npu_emulation" / "torch_npu" / "_device.so"

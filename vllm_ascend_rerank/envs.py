@@ -37,6 +37,12 @@ _ENV: dict[str, Callable[[], Any]] = {
     "VLLM_ASCEND_RERANK_CPU_LINEAR": lambda: os.getenv(
         "VLLM_ASCEND_RERANK_CPU_LINEAR", "auto"
     ).lower(),
+    # A Qwen3-VL checkpoint under ``--runner pooling`` is served as the official
+    # Qwen3-VL-Embedding ("auto": official media rules, prompt and Matryoshka sizes) or as
+    # stock vLLM serves it ("off"; for a different Qwen3-VL-based embedder).
+    "VLLM_ASCEND_RERANK_QWEN3_VL_EMBEDDING": lambda: os.getenv(
+        "VLLM_ASCEND_RERANK_QWEN3_VL_EMBEDDING", "auto"
+    ).lower(),
     # Token counts for which ACL graphs are captured, comma separated ("" = derived
     # from the scheduler's token budget).
     "VLLM_ASCEND_RERANK_GRAPH_SIZES": lambda: os.getenv("VLLM_ASCEND_RERANK_GRAPH_SIZES", ""),

@@ -22,6 +22,12 @@ def register_all() -> None:
         MODEL_ARCH,
         "vllm_ascend_rerank.models.qwen3_vl_reranker:Qwen3VLForSequenceClassification",
     )
+    from vllm_ascend_rerank import embedding
+
+    ModelRegistry.register_model(
+        embedding.MODEL_ARCH, "vllm_ascend_rerank.models.qwen3_vl_embedding:Qwen3VLForEmbedding"
+    )
+    embedding.register()
     from vllm_ascend_rerank.ops import register_custom_ops
 
     register_custom_ops()

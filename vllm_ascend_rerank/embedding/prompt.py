@@ -1,0 +1,177 @@
+"""The official Qwen3-VL-Embedding prompt (QwenLM/Qwen3-VL-Embedding
+``src/models/qwen3_vl_embedding.py``, commit 8ce3aab, ``format_model_input``).
+
+One input is one conversation: a system turn holding the instruction, a user turn holding the
+input's videos, then its images, then its texts joined with nothing, and the generation prompt.
+An input with nothing in it is the text ``NULL``. The vector is read at the last token of this
+prompt (the ``\\n`` after ``assistant``).
+
+Pure Python (no vLLM import): the renderer, the offline helpers and the docs use it.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+DEFAULT_INSTRUCTION = "Represent the user's input."
+IMAGE_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
+VIDEO_PLACEHOLDER = "<|vision_start|><|video_pad|><|vision_end|>"
+EMPTY_INPUT = "NULL"
+TURN_START = "<|im_start|>"
+GENERATION_PROMPT = "<|im_start|>assistant\n"
+
+# Message parts the official input can hold, by the OpenAI content-part type vLLM parses.
+TEXT_PARTS = ("text", "input_text")
+IMAGE_PARTS = ("image_url", "input_image", "image_pil", "image")
+VIDEO_PARTS = ("video_url", "video")
+
+
+def instruction_text(instruction: str | None) -> str:
+    """The system turn's text: a given instruction stripped and ended with a period when its
+    last character is not punctuation; nothing (or only blanks) means the default."""
+    if instruction:
+        instruction = instruction.strip()
+        if instruction and not unicodedata.category(instruction[-1]).startswith("P"):
+            instruction += "."
+    return instruction or DEFAULT_INSTRUCTION
+
+
+def format_prompt(
+    text: str | Sequence[str] | None = None,
+    *,
+    images: int = 0,
+    videos: int = 0,
+    instruction: str | None = None,
+) -> str:
+    """The official prompt for one input with ``images`` images and ``videos`` videos (their
+    placeholders; pass the media themselves as ``multi_modal_data`` in the same order)."""
+    texts = [text] if isinstance(text, str) else list(text or [])
+    if not texts and not images and not videos:
+        user = EMPTY_INPUT
+    else:
+        user = VIDEO_PLACEHOLDER * videos + IMAGE_PLACEHOLDER * images + "".join(texts)
+    return (
+        f"{TURN_START}system\n{instruction_text(instruction)}<|im_end|>\n"
+        f"{TURN_START}user\n{user}<|im_end|>\n{GENERATION_PROMPT}"
+    )
+
+
+def is_formatted(prompt: str) -> bool:
+    """Whether a text prompt is already a chat conversation (sent as it is, never templated
+    a second time)."""
+    return prompt.startswith(TURN_START)
+
+
+class MessageError(ValueError):
+    """A chat-style input the official prompt cannot represent; ``parameter`` names it."""
+
+    def __init__(self, message: str, parameter: str) -> None:
+        super().__init__(message)
+        self.parameter = parameter
+
+
+def _text_of(content: Any, where: str) -> str:
+    """The text of a system message (a string or text parts, joined with nothing)."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, Iterable) or isinstance(content, Mapping):
+        raise MessageError(f"{where} must be a string or a list of text parts", where)
+    texts = []
+    for i, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, Mapping) else None
+        if kind not in TEXT_PARTS:
+            raise MessageError(
+                f"{where}[{i}]: a system message (the instruction) holds text only, got "
+                f"part type {kind!r}",
+                f"{where}[{i}]",
+            )
+        texts.append(str(part.get("text") or ""))
+    return "".join(texts)
+
+
+def official_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Chat-style input -> the official conversation, in OpenAI message form.
+
+    At most one ``system`` (or ``developer``) message, the instruction, and exactly one
+    ``user`` message, the input: its parts are reordered to videos, images, texts (each kind
+    keeps its own order), texts are joined with nothing, and an empty input becomes "NULL".
+    Anything else (assistant turns, several inputs, tool calls) has no official meaning and
+    raises ``MessageError`` naming it.
+    """
+    instruction: str | None = None
+    user: Any = None
+    seen_system = seen_user = False
+    for i, message in enumerate(messages):
+        role = message.get("role") if isinstance(message, Mapping) else None
+        where = f"messages[{i}]"
+        if role in ("system", "developer"):
+            if seen_system:
+                raise MessageError(f"{where}: only one system message (the instruction)", where)
+            seen_system = True
+            instruction = _text_of(message.get("content"), f"{where}.content")
+        elif role == "user":
+            if seen_user:
+                raise MessageError(
+                    f"{where}: one user message per input (send several inputs as a batch)",
+                    where,
+                )
+            seen_user = True
+            user = message.get("content")
+        else:
+            raise MessageError(
+                f"{where}.role: an embedding input has a system and a user message only, "
+                f"got {role!r}",
+                f"{where}.role",
+            )
+    if not seen_user:
+        raise MessageError("messages: no user message (the input to embed)", "messages")
+    videos: list[Any] = []
+    images: list[Any] = []
+    texts: list[str] = []
+    if isinstance(user, str):
+        texts.append(user)
+    elif user is not None:
+        for i, part in enumerate(user):
+            if isinstance(part, str):
+                texts.append(part)
+                continue
+            kind = part.get("type") if isinstance(part, Mapping) else None
+            if kind in TEXT_PARTS:
+                texts.append(str(part.get("text") or ""))
+            elif kind in IMAGE_PARTS:
+                images.append(part)
+            elif kind in VIDEO_PARTS:
+                videos.append(part)
+            else:
+                raise MessageError(
+                    f"user content part {i}: type {kind!r} is not text, image_url or video_url",
+                    f"messages.content[{i}].type",
+                )
+    content: list[Any] = [*videos, *images]
+    if texts or content:
+        if texts:
+            content.append({"type": "text", "text": "".join(texts)})
+    else:
+        content.append({"type": "text", "text": EMPTY_INPUT})
+    return [
+        {"role": "system", "content": [{"type": "text", "text": instruction_text(instruction)}]},
+        {"role": "user", "content": content},
+    ]
+
+
+# The official conversation rendered as the Qwen3-VL chat template renders it (system and
+# user turns, media placeholders, the generation prompt), whatever template the checkpoint has.
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
+    "{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'image' -%}{{- '" + IMAGE_PLACEHOLDER + "' -}}"
+    "{%- elif part['type'] == 'video' -%}{{- '" + VIDEO_PLACEHOLDER + "' -}}"
+    "{%- else -%}{{- part['text'] -}}{%- endif -%}"
+    "{%- endfor -%}"
+    "{{- '<|im_end|>\\n' -}}"
+    "{%- endfor -%}"
+    "{{- '" + GENERATION_PROMPT.replace("\n", "\\n") + "' -}}"
+)
