@@ -112,7 +112,11 @@ def test_inputs_without_official_meaning_are_refused(server, clip) -> None:
     message = refuse(server, messages=user(txt("a")), chat_template="{{ 'x' }}")
     assert "chat template" in message.lower()
     bad = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
-    assert "image_url" in refuse(server, messages=user(txt("a"), bad))
+    # Bad media are named with the input that holds them (the middleware), as for /v1/rerank.
+    message = refuse(server, messages=user(txt("a"), bad))
+    assert message.startswith("messages[0]: image_url 'data:image/png;base64,AAAA'"), message
+    message = refuse(server, input=[user(txt("a")), user(bad)])
+    assert message.startswith("input[1]: image_url"), message
     # The server keeps serving.
     assert embed(server, input="still here").shape == (1, 128)
 

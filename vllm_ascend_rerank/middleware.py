@@ -30,9 +30,13 @@ from typing import Any
 from vllm_ascend_rerank.multimodal import MEDIA_REF, shown_url
 
 PATH = "vllm_ascend_rerank.middleware.NameFailingMedia"
-ROUTES = ("/rerank", "/v1/rerank", "/v2/rerank", "/score", "/v1/score")
-# Request fields that hold queries and documents (RerankRequest and every ScoreRequest form).
-INPUT_FIELDS = ("query", "documents", "queries", "items", "data_1", "data_2", "text_1", "text_2")
+ROUTES = ("/rerank", "/v1/rerank", "/v2/rerank", "/score", "/v1/score", "/v1/embeddings")
+# Request fields that hold queries and documents (RerankRequest and every ScoreRequest form)
+# and embedding inputs (``input``; ``messages``: a conversation, or a batch of them).
+INPUT_FIELDS = (
+    "query", "documents", "queries", "items", "data_1", "data_2", "text_1", "text_2",
+    "input", "messages",
+)  # fmt: skip
 
 
 def _urls(value: Any) -> Iterator[str]:
