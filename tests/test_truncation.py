@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from vllm.exceptions import VLLMValidationError
 from vllm.multimodal.inputs import PlaceholderRange
 
 from vllm_ascend_rerank.truncation import cut_expanded
@@ -40,5 +41,101 @@ def test_cut_inside_a_placeholder_range_is_refused() -> None:
     video = PlaceholderRange(
         offset=1, length=8, is_embed=torch.tensor([0, 1, 0, 0, 0, 1, 0, 0], dtype=torch.bool)
     )
-    with pytest.raises(ValueError, match="video's frame sequence"):
+    with pytest.raises(VLLMValidationError, match="video.s frame sequence"):
         cut_expanded(ids, {"video": [video]}, SPECIAL, limit=11)
+
+
+# ---- finish_prompt: what post_process_tokens makes of the ids vLLM tokenized (and cut) ------
+@pytest.fixture(scope="module")
+def tok(checkpoints):
+    """The tiny checkpoint's tokenizer, registered as the reranker's."""
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from vllm_ascend_rerank import truncation
+
+    path = str(checkpoints["tied"])
+    config = SimpleNamespace(
+        tokenizer=path, tokenizer_revision=None, tokenizer_mode="auto", trust_remote_code=False
+    )
+    truncation.register(config)
+    return AutoTokenizer.from_pretrained(path)
+
+
+def _ids(tok, text: str) -> list[int]:
+    return tok(text)["input_ids"]
+
+
+def test_preformatted_prompt_is_scored_as_sent(tok) -> None:
+    # issue 12 (5): one newline more than the official closing; nothing was truncated
+    from reference import format_text_prompt
+
+    from vllm_ascend_rerank.prompt import render
+    from vllm_ascend_rerank.truncation import finish_prompt
+
+    sent = format_text_prompt("cat", "a cat") + "\n"
+    query, document = sent[:120], sent[120:]
+    ids = _ids(tok, render(query, document))
+    assert ids[1:] == _ids(tok, sent)[1:] and ids[0] != _ids(tok, sent)[0]  # marked
+    assert finish_prompt(ids, None) == _ids(tok, sent)
+    # the official shape, sent pre-formatted: as sent too
+    exact = format_text_prompt("cat", "a cat")
+    assert finish_prompt(_ids(tok, render(exact[:120], exact[120:])), None) is None
+
+
+def test_cut_text_pair_follows_the_official_rule(tok) -> None:
+    from reference import format_text_prompt, truncate
+
+    from vllm_ascend_rerank.truncation import finish_prompt
+
+    full = _ids(tok, format_text_prompt("cat", "word " * 200))
+    special = set(tok.all_special_ids)
+    for n in (100, len(full) - 3, len(full) - 1):  # in the text, in the closing turn
+        assert finish_prompt(full[:n], None) == truncate(full, n - 5, special), n
+
+
+def test_cut_that_removed_the_documents_image_puts_it_back(tok) -> None:
+    # issue 12 (4): a long query, a document that is one image, a cut before the image
+    from reference import IMAGE_PLACEHOLDER, format_text_prompt, truncate
+
+    from vllm_ascend_rerank.truncation import finish_prompt, take_cut_mark
+
+    query = "many words about a city " * 40
+    full = _ids(tok, format_text_prompt(query, IMAGE_PLACEHOLDER))
+    n = 100
+    out = finish_prompt(full[:n], {"image": ["an image"]})
+    assert out is not None and len(out) == n
+    # the processor gets the prompt back with its last "\n", and the length to cut to
+    prompt, limit = take_cut_mark(out)
+    assert limit == n
+    assert prompt == truncate(full, n - 5, set(tok.all_special_ids))  # image kept whole
+    assert take_cut_mark(prompt) == (prompt, None)  # the mark is the only record
+
+
+def test_limit_below_the_template_is_a_400_naming_it(tok) -> None:
+    from reference import format_text_prompt
+    from vllm.exceptions import VLLMValidationError
+
+    from vllm_ascend_rerank.truncation import finish_prompt
+
+    full = _ids(tok, format_text_prompt("cat", "a dog"))
+    with pytest.raises(VLLMValidationError, match="truncate_prompt_tokens=20 is too small"):
+        finish_prompt(full[:20], None)
+
+
+def test_a_cut_leaves_no_record_behind(tok) -> None:
+    # issue 12 (6): the cut travels in the prompt; a request that fails after post_process_
+    # tokens (before the processor) leaves nothing that could cut a later identical prompt
+    from reference import IMAGE_PLACEHOLDER, format_text_prompt
+
+    from vllm_ascend_rerank import truncation
+
+    full = _ids(tok, format_text_prompt("a query " * 40, IMAGE_PLACEHOLDER))
+    cut = truncation.finish_prompt(full[:100], {"image": ["an image"]})
+    assert cut is not None
+    again, _ = truncation.take_cut_mark(cut)  # what an identical, uncut prompt looks like
+    assert truncation.take_cut_mark(again) == (again, None)
+    state = [k for k, v in vars(truncation).items()
+             if not k.startswith("__") and isinstance(v, (dict, list, set))]  # fmt: skip
+    assert state == ["_TOKENIZERS"], state  # no per-request container at all

@@ -8,6 +8,7 @@ its encoder budget follow the same rules.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -106,17 +107,26 @@ class RerankMultiModalProcessor(Qwen3VLMultiModalProcessor):
         return False
 
     def apply(self, inputs: Any, timing_ctx: Any) -> MultiModalInput:
-        # Official truncation counts vision tokens, which exist only from here on.
+        # Official truncation counts vision tokens, which exist only from here on; a prompt
+        # cut before expansion says so itself (truncation.CUT_MARK), with its length.
+        prompt, limit = truncation.take_cut_mark(inputs.prompt)
+        what, parameter = f"truncate_prompt_tokens={limit}", "truncate_prompt_tokens"
+        if limit is not None:
+            inputs = dataclasses.replace(inputs, prompt=prompt)
         out = super().apply(inputs, timing_ctx)
         ids = out["prompt_token_ids"]
-        limit = len(inputs.prompt) if truncation.was_cut(inputs.prompt) else None
         max_len = self.info.ctx.model_config.max_model_len
         if limit is None and len(ids) > max_len and truncation.is_reranker_prompt(ids):
-            limit = max_len
+            limit, what, parameter = max_len, f"--max-model-len {max_len}", "max_model_len"
         if limit is None or len(ids) <= limit:
             return out
-        special = set(self.info.get_tokenizer().all_special_ids)
-        ids, placeholders = truncation.cut_expanded(ids, out["mm_placeholders"], special, limit)
+        markers = truncation.for_ids(ids)
+        if markers is None:
+            return out
+        ids, placeholders = truncation.cut_expanded(
+            ids, out["mm_placeholders"], markers.special, limit
+        )
+        truncation.check_query_kept(ids, what, markers, parameter)
         out["prompt_token_ids"], out["mm_placeholders"] = ids, placeholders
         return out
 

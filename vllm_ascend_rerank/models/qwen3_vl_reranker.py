@@ -90,10 +90,11 @@ class Qwen3VLForSequenceClassification(
 
     @classmethod
     def post_process_tokens(cls, prompt: TokensPrompt) -> None:
-        # truncate_prompt_tokens cut the closing turn away: cut the official way instead.
-        from vllm_ascend_rerank.truncation import restore_closing_turn
+        # truncate_prompt_tokens cut the prompt vLLM's way: cut it the official way instead
+        # (and take the template's marks out; see ..truncation).
+        from vllm_ascend_rerank.truncation import finish_prompt
 
-        ids = restore_closing_turn(prompt["prompt_token_ids"])
+        ids = finish_prompt(prompt["prompt_token_ids"], prompt.get("multi_modal_data"))
         if ids is not None:
             prompt["prompt_token_ids"] = ids
 
