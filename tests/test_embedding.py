@@ -97,6 +97,10 @@ def test_messages_become_the_official_conversation() -> None:
     )
     assert out[0]["content"] == [{"type": "text", "text": "Find it."}]
     assert out[1]["content"] == [video_part, image_part, {"type": "text", "text": "a b"}]
+    given = official_messages([{"role": "user", "content": "x"}], instruction="Find it")
+    assert given[0]["content"][0]["text"] == "Find it."
+    with pytest.raises(MessageError, match="twice"):
+        official_messages([{"role": "system", "content": "a"}, *given[1:]], instruction="b")
     empty = official_messages([{"role": "user", "content": []}])
     assert empty[1]["content"] == [{"type": "text", "text": "NULL"}]
     assert empty[0]["content"][0]["text"] == "Represent the user's input."

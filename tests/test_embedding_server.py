@@ -70,6 +70,13 @@ def test_chat_messages_with_instructions(server, ref) -> None:
         messages = [{"role": "system", "content": instruction}, *user(txt(TEXTS[0]))]
         want = ref.embed([{"text": TEXTS[0], "instruction": instruction}])
         assert_close(embed(server, messages=messages), want)
+    # The instruction as a chat-template argument (as the reranker takes it).
+    got = embed(
+        server,
+        messages=user(txt(TEXTS[0])),
+        chat_template_kwargs={"instruction": INSTRUCTIONS[0]},
+    )
+    assert_close(got, ref.embed([{"text": TEXTS[0], "instruction": INSTRUCTIONS[0]}]))
     # A user-only conversation (as vLLM's example sends): the default instruction.
     assert_close(embed(server, messages=user(txt(TEXTS[2]))), ref.embed([{"text": TEXTS[2]}]))
     # Nothing in it: "NULL".

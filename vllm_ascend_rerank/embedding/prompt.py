@@ -91,16 +91,18 @@ def _text_of(content: Any, where: str) -> str:
     return "".join(texts)
 
 
-def official_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def official_messages(
+    messages: Sequence[Mapping[str, Any]], instruction: str | None = None
+) -> list[dict[str, Any]]:
     """Chat-style input -> the official conversation, in OpenAI message form.
 
-    At most one ``system`` (or ``developer``) message, the instruction, and exactly one
+    ``instruction`` (``chat_template_kwargs.instruction``) or at most one ``system`` (or
+    ``developer``) message is the instruction, not both; exactly one
     ``user`` message, the input: its parts are reordered to videos, images, texts (each kind
     keeps its own order), texts are joined with nothing, and an empty input becomes "NULL".
     Anything else (assistant turns, several inputs, tool calls) has no official meaning and
     raises ``MessageError`` naming it.
     """
-    instruction: str | None = None
     user: Any = None
     seen_system = seen_user = False
     for i, message in enumerate(messages):
@@ -109,6 +111,12 @@ def official_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, A
         if role in ("system", "developer"):
             if seen_system:
                 raise MessageError(f"{where}: only one system message (the instruction)", where)
+            if instruction is not None:
+                raise MessageError(
+                    f"{where}: the instruction is given twice (system message and "
+                    "chat_template_kwargs.instruction)",
+                    where,
+                )
             seen_system = True
             instruction = _text_of(message.get("content"), f"{where}.content")
         elif role == "user":

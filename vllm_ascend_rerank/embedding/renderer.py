@@ -10,9 +10,10 @@ offline ``LLM.embed``:
 - a text prompt that already is one (begins with ``<|im_start|>``) and token ids are sent as
   they are: formatted by the client, never templated twice;
 - chat messages become the official conversation (``prompt.official_messages``: the system
-  message is the instruction; videos, images, texts; texts joined with nothing; "NULL" when
-  empty), rendered with the official layout whatever chat template the checkpoint ships,
-  always ending with the generation prompt the vector is read at.
+  message, or ``chat_template_kwargs.instruction``, is the instruction; videos, images,
+  texts; texts joined with nothing; "NULL" when empty), rendered with the official layout
+  whatever chat template the checkpoint ships, always ending with the generation prompt the
+  vector is read at.
 
 A chat template sent with the request or given with ``--chat-template`` would give other
 vectors: it is refused (400) and the docs say how to turn the official formatting off.
@@ -96,14 +97,21 @@ class EmbeddingRenderer(HfRenderer):
                 "with --tokenizer-mode hf to use your own template instead.",
                 parameter="chat_template",
             )
+        instruction = params.chat_template_kwargs.get("instruction")
+        if instruction is not None and not isinstance(instruction, str):
+            raise VLLMValidationError(
+                f"chat_template_kwargs.instruction must be a string, got {instruction!r}",
+                parameter="chat_template_kwargs.instruction",
+            )
         try:
-            conversation = official_messages(messages)
+            conversation = official_messages(messages, instruction)
         except MessageError as exc:
             raise VLLMValidationError(str(exc), parameter=exc.parameter) from exc
+        # The official prompt always ends with the generation prompt.
         kwargs = {
             k: v
             for k, v in params.chat_template_kwargs.items()
-            if k not in ("add_generation_prompt", "continue_final_message")
+            if k not in ("add_generation_prompt", "continue_final_message", "instruction")
         }
         params = dataclasses.replace(
             params,
