@@ -89,7 +89,9 @@ def test_real_world_urls_are_named_and_shown_as_sent(url: str) -> None:
 
 def test_score_fields_and_a_single_query() -> None:
     body = {"data_1": {"content": [image("http://x/a.png")]}, "data_2": ["d"]}
-    assert amended(body, "http://x/a.png")["message"].startswith("data_1: image_url 'http://x/a.png'")
+    assert amended(body, "http://x/a.png")["message"].startswith(
+        "data_1: image_url 'http://x/a.png'"
+    )
 
 
 def test_leaves_other_errors_alone() -> None:
@@ -268,3 +270,91 @@ def test_vllm_serve_parser_gets_it_by_default() -> None:
     parser = make_arg_parser(FlexibleArgumentParser())
     assert parser.parse_args(["m"]).middleware == [middleware.PATH]
     assert parser.parse_args(["m", "--middleware", "a.b"]).middleware == [middleware.PATH, "a.b"]
+
+
+# ---- the exact request: text parts, empty documents, instruction (issue 12: 3, 12) ---------
+def exact_app(chat_template: str | None) -> Any:
+    """vLLM's wiring again; the rerank route parses vLLM's RerankRequest and answers the
+    documents it got, echoed as vLLM echoes them (``multi_modal`` = the content parts)."""
+    from fastapi import FastAPI
+    from vllm.entrypoints.serve.exception_handling.register import init_exception_handler
+    from vllm.entrypoints.serve.middleware.register import init_entrypoints_middleware
+
+    app = FastAPI()
+    app.state.args = Namespace(log_error_stack=False, chat_template=chat_template)
+    init_exception_handler(app)
+
+    @app.post("/v1/rerank")
+    async def rerank(request: RerankRequest) -> dict:
+        docs = request.documents if isinstance(request.documents, list) else [request.documents]
+        return {
+            "query": request.query,
+            "results": [
+                {"index": i, "document": {"multi_modal": d["content"]}}
+                for i, d in enumerate(docs)
+                if isinstance(d, dict)
+            ],
+        }
+
+    args = Namespace(
+        allowed_origins=["*"], allow_credentials=False, allowed_methods=["*"],
+        allowed_headers=["*"], api_key=None, enable_request_id_headers=False,
+        middleware=[middleware.PATH],
+    )  # fmt: skip
+    init_entrypoints_middleware(args, app, ("score",))
+    return app
+
+
+def text(t: str) -> dict:
+    return {"type": "text", "text": t}
+
+
+def test_text_parts_join_with_nothing_and_empty_documents_are_null() -> None:
+    query = {"content": [text("a red"), image("http://h/q.png"), text(" car")]}
+    documents = [{"content": []}, {"content": [text("x"), text("y")]}, "plain", {"content": []}]
+    fields = middleware.official_fields({"query": query, "documents": documents})
+    assert fields["query"] == {"content": [text("a red car"), image("http://h/q.png")]}
+    assert fields["documents"] == [
+        {"content": [text("NULL")]}, {"content": [text("xy")]}, "plain", {"content": [text("NULL")]}
+    ]  # fmt: skip
+    assert middleware.official_fields({"query": {"content": []}, "documents": ["a"]}) == {}
+    assert (
+        middleware.official_fields({"query": "q", "documents": ["a", {"content": [text("b")]}]})
+        == {}
+    )
+
+
+# the body in many chunks, in one, or with an empty last one (a server may send that)
+@pytest.mark.parametrize(("size", "end"), [(7, []), (65536, []), (7, [b""])])
+def test_route_gets_the_exact_request_and_results_show_documents_as_sent(
+    size: int, end: list[bytes]
+) -> None:
+    documents = [{"content": [text("x"), text("y")]}, {"content": []}, "plain"]
+    request = {"model": "m", "query": {"content": [text("a"), text("b")]}, "documents": documents}
+    chunks = body_chunks(request, size=size) + end
+    status, body, _ = call(exact_app(None), "/v1/rerank", chunks, None)
+    assert status == 200, body
+    assert body["query"] == {"content": [text("ab")]}  # what vLLM parsed
+    # the route saw "xy" and "NULL"; the client sees its documents as it sent them
+    assert [r["document"]["multi_modal"] for r in body["results"]] == [
+        documents[0]["content"], documents[1]["content"]
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"instruction": "Find money."}, {"chat_template_kwargs": {"instruction": "Find money."}}],
+)
+def test_instruction_without_chat_template_is_a_400_saying_to_pass_it(extra: dict) -> None:
+    from vllm_ascend_rerank.prompt import template_path
+
+    request = {"model": "m", "query": "q", "documents": ["a"], **extra}
+    status, body, _ = call(exact_app(None), "/v1/rerank", body_chunks(request, size=9), None)
+    assert status == 400, body
+    assert f"restart it with --chat-template {template_path()}" in body["error"]["message"]
+    assert body["error"]["param"] == "instruction"
+    # with a template it reaches the route; so does the default (empty) instruction
+    assert call(exact_app("t.jinja"), "/v1/rerank", body_chunks(request), None)[0] == 200
+    default = {**request, "instruction": ""} if "instruction" in extra else request
+    if "instruction" in extra:
+        assert call(exact_app(None), "/v1/rerank", body_chunks(default), None)[0] == 200

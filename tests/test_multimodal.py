@@ -106,6 +106,11 @@ def docs(media) -> dict[str, tuple[object, dict]]:
             {"content": [txt("a clip"), img(m["square"]), vid(m["video"])]},
             {"text": "a clip", "image": m["square"], "video": m["video"]},
         ),
+        # issue 12 (12 a): a video and an image paired with their embeddings whatever the order
+        "video+image": (
+            {"content": [vid(m["video"]), img(m["tall"])]},
+            {"image": m["tall"], "video": m["video"]},
+        ),
     }
 
 
@@ -195,9 +200,7 @@ def test_video_budget_follows_configured_frames(checkpoints) -> None:
     more = _info(checkpoints, {"video": {"max_frames": 128}}).get_max_video_tokens(
         10**6, {"video": 1}
     )
-    fixed = _info(checkpoints, {"video": {"nframes": 8}}).get_max_video_tokens(
-        10**6, {"video": 1}
-    )
+    fixed = _info(checkpoints, {"video": {"nframes": 8}}).get_max_video_tokens(10**6, {"video": 1})
     # 64 frames (32 groups) of at most 786,432 px = 768 tokens each; 128 frames fit the
     # qwen-vl-utils total budget (128,000 tokens x 0.9 over 64 groups = 1,800 tokens) cut to
     # the per-frame maximum of 768 tokens; 8 frames: 4 groups
@@ -401,6 +404,21 @@ def test_score_endpoint_media(mm_server, checkpoints, docs, expected) -> None:
     assert r.status_code == 200, r.text
     got = [d["score"] for d in sorted(r.json()["data"], key=lambda d: d["index"])]
     assert got == pytest.approx([expected[n] for n in names], abs=ATOL)
+
+
+def test_instruction_per_request(mm_server, checkpoints, ref, media) -> None:
+    # This server has --chat-template, which applies a request's instruction (test_server.py:
+    # without the flag it is a 400).
+    instruction = "Find documents about money."
+    docs = ["river bank water", {"content": [img(media["square"]), txt("money in the bank")]}]
+    want = ref.score({"text": "bank"}, [{"text": docs[0]},
+                     {"image": media["square"], "text": "money in the bank"}],
+                     instruction=instruction)  # fmt: skip
+    r = mm_server.post("/v1/rerank", {"model": model_name(checkpoints), "query": "bank",
+                                      "documents": docs, "instruction": instruction})  # fmt: skip
+    assert r.status_code == 200, r.text
+    got = {x["index"]: x["relevance_score"] for x in r.json()["results"]}
+    assert [got[0], got[1]] == pytest.approx(want, abs=ATOL)
 
 
 def test_request_overrides_pixel_bounds(mm_server, checkpoints, media, reference_factory) -> None:

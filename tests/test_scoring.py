@@ -80,6 +80,13 @@ def test_per_request_instruction(llm_tied, checkpoints, reference_factory) -> No
     )
     assert got == pytest.approx(want, abs=ATOL)
     assert max(abs(a - b) for a, b in zip(want, default, strict=True)) > 1e-3
+    # issue 12 (3): without chat_template= vLLM 0.34 would drop the instruction silently
+    with pytest.raises(Exception, match=r"instruction is only applied .* pass chat_template="):
+        llm_tied.score(query, docs, pooling_params=params)
+    empty = PoolingParams(extra_kwargs={"chat_template_kwargs": {"instruction": ""}})
+    assert _scores(llm_tied.score(query, docs, pooling_params=empty)) == pytest.approx(
+        default, abs=ATOL
+    )  # an empty instruction is the official default
 
 
 @pytest.fixture(scope="module")

@@ -24,18 +24,28 @@ SUFFIX = "<|im_end|>\n<|im_start|>assistant\n"
 @pytest.fixture(scope="module")
 def server(checkpoints) -> Iterator[Server]:
     """One server for the module; per-request media kwargs allowed, so that bad values of
-    them reach the plugin's checks."""
-    srv = Server(checkpoints["tied"], serve_args(["--trust-request-mm-kwargs"]))
+    them reach the plugin's checks. Started without ``--chat-template``: the model renders
+    the official prompt itself (vLLM's ``get_score_template``), the path of a stock command
+    line; test_multimodal.py's server has the flag."""
+    args = serve_args(["--trust-request-mm-kwargs"])
+    at = args.index("--chat-template")
+    srv = Server(checkpoints["tied"], args[:at] + args[at + 2 :])
     yield srv
     srv.stop()
 
 
-def _png() -> bytes:
+def _png(width: int = 64, height: int = 48) -> bytes:
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.new("RGB", (64, 48), (200, 30, 30)).save(buf, format="PNG")
+    Image.new("RGB", (width, height), (200, 30, 30)).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def _png_url(width: int, height: int) -> str:
+    import base64
+
+    return "data:image/png;base64," + base64.b64encode(_png(width, height)).decode()
 
 
 class _MediaHost(http.server.BaseHTTPRequestHandler):
@@ -85,8 +95,10 @@ def model_name(checkpoints) -> str:
 def test_rerank_matches_official_sorted_top_n(server, checkpoints, ref) -> None:
     query, docs = make_pairs(20, seed=5)
     want = ref.score({"text": query}, [{"text": d} for d in docs])
-    r = server.post("/v1/rerank", {"model": model_name(checkpoints), "query": query,
-                                   "documents": docs, "top_n": 5})
+    r = server.post(
+        "/v1/rerank",
+        {"model": model_name(checkpoints), "query": query, "documents": docs, "top_n": 5},
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     results = body["results"]
@@ -104,22 +116,12 @@ def test_rerank_matches_official_sorted_top_n(server, checkpoints, ref) -> None:
 def test_score_endpoint_matches_official(server, checkpoints, ref) -> None:
     query, docs = make_pairs(8, seed=6)
     want = ref.score({"text": query}, [{"text": d} for d in docs])
-    r = server.post("/v1/score", {"model": model_name(checkpoints), "queries": query,
-                                  "documents": docs})
+    r = server.post(
+        "/v1/score", {"model": model_name(checkpoints), "queries": query, "documents": docs}
+    )
     assert r.status_code == 200, r.text
     got = [d["score"] for d in sorted(r.json()["data"], key=lambda d: d["index"])]
     assert got == pytest.approx(want, abs=ATOL)
-
-
-def test_instruction_per_request(server, checkpoints, ref) -> None:
-    instruction = "Find documents about money."
-    query, docs = "bank", ["river bank water", "money in the bank", "music piano"]
-    want = ref.score({"text": query}, [{"text": d} for d in docs], instruction=instruction)
-    r = server.post("/v1/rerank", {"model": model_name(checkpoints), "query": query,
-                                   "documents": docs, "instruction": instruction})
-    assert r.status_code == 200, r.text
-    got = {x["index"]: x["relevance_score"] for x in r.json()["results"]}
-    assert [got[i] for i in range(3)] == pytest.approx(want, abs=ATOL)
 
 
 def _score_raw_prompt(ref, text: str) -> tuple[float, int]:
@@ -127,8 +129,11 @@ def _score_raw_prompt(ref, text: str) -> tuple[float, int]:
     ids = torch.tensor([ref.tokenizer(text)["input_ids"]])
     with torch.no_grad():
         ref.model.rope_deltas = None
-        h = ref.model(input_ids=ids, attention_mask=torch.ones_like(ids),
-                      mm_token_type_ids=torch.zeros_like(ids)).last_hidden_state
+        h = ref.model(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            mm_token_type_ids=torch.zeros_like(ids),
+        ).last_hidden_state
     return torch.sigmoid(h[0, -1] @ ref.score_weight).item(), ids.shape[1]
 
 
@@ -137,8 +142,9 @@ def test_preformatted_request_is_not_templated_twice(server, checkpoints, ref) -
     instruction = "Given a search query, retrieve relevant candidates that answer the query."
     query = f"{PREFIX}<Instruct>: {instruction}\n<Query>: cat\n"
     docs = [f"<Document>: {d}{SUFFIX}" for d in ("a cat is an animal", "stock market")]
-    r = server.post("/v1/rerank", {"model": model_name(checkpoints), "query": query,
-                                   "documents": docs})
+    r = server.post(
+        "/v1/rerank", {"model": model_name(checkpoints), "query": query, "documents": docs}
+    )
     assert r.status_code == 200, r.text
     got = {x["index"]: x["relevance_score"] for x in r.json()["results"]}
     total = 0
@@ -147,6 +153,55 @@ def test_preformatted_request_is_not_templated_twice(server, checkpoints, ref) -
         assert got[i] == pytest.approx(want, abs=ATOL)
         total += n_tokens
     assert r.json()["usage"]["prompt_tokens"] == total  # one system prompt per pair, not two
+
+
+def test_preformatted_prompt_not_in_official_shape_is_scored_as_sent(
+    server, checkpoints, ref
+) -> None:
+    # issue 12 (5): one newline more than the official closing; nothing was truncated (its
+    # last tokens used to be replaced by the closing turn: 4.9e-3 off)
+    query = f"{PREFIX}<Instruct>: x\n<Query>: cat\n"
+    docs = [f"<Document>: a cat{SUFFIX}\n", f"<Document>: a dog{SUFFIX}\n\n"]
+    r = server.post("/v1/rerank", {"model": model_name(checkpoints), "query": query,
+                                   "documents": docs})  # fmt: skip
+    assert r.status_code == 200, r.text
+    got = {x["index"]: x["relevance_score"] for x in r.json()["results"]}
+    for i, d in enumerate(docs):
+        assert got[i] == pytest.approx(_score_raw_prompt(ref, query + d)[0], abs=ATOL)
+
+
+def test_text_parts_and_empty_documents_score_officially(server, checkpoints, ref) -> None:
+    # issue 12 (12 b, c): text parts joined with nothing, an empty document is "NULL"; the
+    # results still show the documents as sent
+    text = [{"type": "text", "text": "a red"}, {"type": "text", "text": " car"}]
+    docs = [{"content": []}, {"content": text}, "a red car"]
+    want = ref.score({"text": "city"}, [{}, {"text": ["a red", " car"]}, {"text": "a red car"}])
+    r = server.post("/v1/rerank", {"model": model_name(checkpoints), "query": "city",
+                                   "documents": docs})  # fmt: skip
+    assert r.status_code == 200, r.text
+    results = {x["index"]: x for x in r.json()["results"]}
+    assert [results[i]["relevance_score"] for i in range(3)] == pytest.approx(want, abs=ATOL)
+    assert [results[i]["document"]["multi_modal"] for i in range(2)] == [[], text]
+    assert abs(want[1] - ref.score({"text": "city"}, [{"text": "a red\n car"}])[0]) > 1e-3
+
+
+def test_truncation_keeps_an_image_the_cut_removed(server, checkpoints, media_host) -> None:
+    # issue 12 (4): a ~600-word query, a document that is one image, 200 tokens: the cut
+    # falls in the query, before the image (was a 500: "Failed to apply prompt replacement")
+    from PIL import Image
+    from reference import KEEP_TAIL, OfficialReranker
+
+    query = " ".join(["many words about a city"] * 120)
+    r = server.post("/v1/rerank", {"model": model_name(checkpoints), "query": query,
+                                   "documents": [image(media_host + "/img/cat.png")],
+                                   "truncate_prompt_tokens": 200})  # fmt: skip
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["prompt_tokens"] == 200
+    png = Image.open(io.BytesIO(_png()))
+    want = OfficialReranker(checkpoints["tied"], max_length=200 - KEEP_TAIL).score(
+        {"text": query}, [{"image": png}]
+    )
+    assert r.json()["results"][0]["relevance_score"] == pytest.approx(want[0], abs=ATOL)
 
 
 def image(url: str) -> dict:
@@ -168,7 +223,9 @@ def bad_requests(host: str) -> dict[str, tuple[dict | bytes, int, str]]:
         "query wrong type": ({"query": 5, "documents": ["a"]}, 400, "query"),
         "documents wrong type": ({"query": "cat", "documents": 7}, 400, "documents"),
         "over-long document": (
-            {"query": "cat", "documents": ["word " * 3000]}, 400, "maximum context length"
+            {"query": "cat", "documents": ["word " * 3000]},
+            400,
+            "maximum context length",
         ),
         "negative top_n": ({"query": "cat", "documents": ["a"], "top_n": -1}, 400, "top_n"),
         "top_n not a number": ({"query": "cat", "documents": ["a"], "top_n": "x"}, 400, "top_n"),
@@ -190,14 +247,53 @@ def bad_requests(host: str) -> dict[str, tuple[dict | bytes, int, str]]:
             "documents[0]: image_url ",
         ),
         "look-alike URLs, one missing": (
-            {"query": "q", "documents": [image(host + LOOK_ALIKE + "-present.png"),
-                                         image(host + LOOK_ALIKE + "-missing.png")]},
+            {
+                "query": "q",
+                "documents": [
+                    image(host + LOOK_ALIKE + "-present.png"),
+                    image(host + LOOK_ALIKE + "-missing.png"),
+                ],
+            },
             422,
             "documents[1]: image_url ",  # and not documents[0]
         ),  # fmt: skip
+        "instruction without --chat-template": (
+            {"query": "q", "documents": ["a"], "instruction": "Find money."},
+            400,
+            "restart it with --chat-template ",
+        ),
+        "truncate_prompt_tokens below the template": (
+            {"query": "cat", "documents": ["a dog"], "truncate_prompt_tokens": 20},
+            400,
+            "truncate_prompt_tokens=20 is too small for this pair",
+        ),
+        "reserved mark in a document": (
+            {"query": "q", "documents": ["a <|fim_pad|> b"]},
+            400,
+            "reserved by the reranker",
+        ),
+        "truncated pair whose image fails": (  # issue 12 (6): leaves no record behind
+            {
+                "query": "q " * 300,
+                "documents": [
+                    {
+                        "content": [
+                            {"type": "image_url", "image_url": {"url": _png_url(1, 300)}},
+                            {"type": "text", "text": "t"},
+                        ]
+                    }
+                ],
+                "truncate_prompt_tokens": 150,
+            },
+            400,
+            "aspect ratio",
+        ),  # fmt: skip
         "max_pixels 0": (
-            {"query": "q", "documents": [image(host + "/img/ok.png")],
-             "mm_processor_kwargs": {"max_pixels": 0}},
+            {
+                "query": "q",
+                "documents": [image(host + "/img/ok.png")],
+                "mm_processor_kwargs": {"max_pixels": 0},
+            },
             400,
             "mm_processor_kwargs.max_pixels",
         ),  # fmt: skip
@@ -232,8 +328,9 @@ def test_bad_input_is_a_clear_error_and_server_keeps_serving(
     server, checkpoints, media_host, name
 ) -> None:
     check_bad(name, media_host, post_bad(server, checkpoints, media_host, name))
-    ok = server.post("/v1/rerank", {"model": model_name(checkpoints), "query": "cat",
-                                    "documents": ["a cat"]})
+    ok = server.post(
+        "/v1/rerank", {"model": model_name(checkpoints), "query": "cat", "documents": ["a cat"]}
+    )
     assert ok.status_code == 200
 
 
@@ -263,8 +360,9 @@ def test_bad_inputs_with_good_requests_in_flight_then_parity(
 
 
 def test_empty_query_is_rejected(server, checkpoints) -> None:
-    r = server.post("/v1/rerank", {"model": model_name(checkpoints), "query": "",
-                                   "documents": ["a"]})
+    r = server.post(
+        "/v1/rerank", {"model": model_name(checkpoints), "query": "", "documents": ["a"]}
+    )
     assert r.status_code == 400, r.text
 
 
@@ -277,8 +375,15 @@ def test_over_long_input_with_truncation_is_scored(server, checkpoints) -> None:
     from reference import KEEP_TAIL, OfficialReranker
 
     doc = "word " * 3000
-    r = server.post("/v1/rerank", {"model": model_name(checkpoints), "query": "cat",
-                                   "documents": [doc], "truncate_prompt_tokens": -1})
+    r = server.post(
+        "/v1/rerank",
+        {
+            "model": model_name(checkpoints),
+            "query": "cat",
+            "documents": [doc],
+            "truncate_prompt_tokens": -1,
+        },
+    )
     assert r.status_code == 200, r.text
     assert r.json()["usage"]["prompt_tokens"] == 1024  # cut to --max-model-len exactly
     # The official rule cut to the same length: max_length ids, then the 5-id closing turn.

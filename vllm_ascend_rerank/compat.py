@@ -59,3 +59,16 @@ def join_client_threads_at_exit() -> None:
     import weakref
 
     weakref.finalize(_EXIT_SENTINEL, _join_client_threads)
+
+
+_UNKNOWN = "?"  # a server whose chat template cannot be read
+
+
+def served_chat_template(scope: dict) -> str | None:
+    """The ``--chat-template`` of the ``vllm serve`` that an ASGI request reached (None: not
+    given), read from the app state vLLM 0.34 keeps (``app.state.args``); ``"?"`` where it
+    cannot be read. Remove once vLLM passes request arguments to ``get_score_template``."""
+    args = getattr(getattr(scope.get("app"), "state", None), "args", None)
+    if args is None or not hasattr(args, "chat_template"):
+        return _UNKNOWN
+    return args.chat_template

@@ -9,8 +9,21 @@ them in front of the message and in ``param`` (``documents[2]: image_url '...': 
 identify image file``), shows the URL as sent (vLLM's ``sanitize_message`` would have turned
 its path into "<path>") and drops the tag. Everything else passes through untouched.
 
+On the score routes it also makes the request exact before vLLM parses it (the parser is
+out of reach of every model hook), so ``LLM.score`` keeps these two differences:
+
+- several text parts of one side are joined with nothing (vLLM would put "\\n" between
+  them); a document with no content at all (``{"content": []}``) is the official "NULL" (vLLM
+  would render ""). Rerank results still show each document as it was sent;
+- a request with an ``instruction`` (or ``chat_template_kwargs.instruction``) to a server
+  started without ``--chat-template`` is a 400 saying to pass it: vLLM 0.34 renders such a
+  server's prompts with the model's own template and no request arguments, so the
+  instruction would be dropped without a word.
+
 It is a pure ASGI middleware that reads nothing itself: it keeps a reference to the body
-chunks the route reads, as the route reads them. A request that vLLM refuses before reading
+chunks the route reads, as the route reads them, and holds back only the closing ``}`` (and
+white space) of each chunk until the next one, so that it can add the exact fields at the
+end of the object (JSON's last duplicate name wins). A request that vLLM refuses before reading
 its body (``--api-key`` authentication, unknown route or method) is never read or held
 here, uploads stream to the route as they arrive, and a client that disconnects mid-upload
 is the route's business, as without this middleware. Responses other than JSON errors of
@@ -27,6 +40,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+from vllm_ascend_rerank.compat import served_chat_template
 from vllm_ascend_rerank.multimodal import MEDIA_REF, shown_url
 
 PATH = "vllm_ascend_rerank.middleware.NameFailingMedia"
@@ -37,6 +51,11 @@ INPUT_FIELDS = (
     "query", "documents", "queries", "items", "data_1", "data_2", "text_1", "text_2",
     "input", "messages",
 )  # fmt: skip
+# The reranker's routes, whose request bodies are made exact (``official_fields``).
+SCORE_ROUTES = ("/rerank", "/v1/rerank", "/v2/rerank", "/score", "/v1/score")
+DOCUMENT_FIELDS = ("documents", "items", "data_2", "text_2")
+QUERY_FIELDS = ("query", "queries", "data_1", "text_1")
+_HELD = b"} \t\r\n"  # the end of a JSON object, held back until the body's end is known
 
 
 def _urls(value: Any) -> Iterator[str]:
@@ -70,6 +89,70 @@ def failing_inputs(body: Any, digest: str) -> tuple[list[str], str | None]:
                     url = candidate
                     break
     return found, url
+
+
+def _official_side(item: Any, document: bool) -> Any:
+    """``item`` (one query or document) as the official scorer reads it, or ``item`` itself."""
+    if not isinstance(item, dict) or not isinstance(item.get("content"), list):
+        return item
+    parts = item["content"]
+    if not parts:  # official: a side with no text, image or video is the text "NULL"
+        return {**item, "content": [{"type": "text", "text": "NULL"}]} if document else item
+    texts = [
+        i
+        for i, part in enumerate(parts)
+        if isinstance(part, dict)
+        and part.get("type") == "text"
+        and isinstance(part.get("text"), str)
+    ]
+    if len(texts) < 2:
+        return item
+    joined = {**parts[texts[0]], "text": "".join(parts[i]["text"] for i in texts)}
+    rest = [
+        joined if i == texts[0] else part
+        for i, part in enumerate(parts)
+        if i == texts[0] or i not in texts
+    ]
+    return {**item, "content": rest}
+
+
+def official_fields(request: Any) -> dict[str, Any]:
+    """The query/document fields of a score request that must change for the official
+    prompt (several text parts of a side joined with nothing, an empty document "NULL"),
+    with their new values; {} when the request is exact as sent."""
+    if not isinstance(request, dict):
+        return {}
+    out: dict[str, Any] = {}
+    for field in QUERY_FIELDS + DOCUMENT_FIELDS:
+        value = request.get(field)
+        items = value if isinstance(value, list) else [value]
+        fixed = [_official_side(item, field in DOCUMENT_FIELDS) for item in items]
+        if any(new is not old for new, old in zip(fixed, items, strict=True)):
+            out[field] = fixed if isinstance(value, list) else fixed[0]
+    return out
+
+
+def requested_instruction(request: Any) -> str | None:
+    """The request's instruction (``chat_template_kwargs`` wins, as in vLLM); None for the
+    default (absent or empty, as the official scorer reads it)."""
+    if not isinstance(request, dict):
+        return None
+    value = request.get("instruction")
+    kwargs = request.get("chat_template_kwargs")
+    if isinstance(kwargs, dict) and "instruction" in kwargs:
+        value = kwargs["instruction"]
+    return value if isinstance(value, str) and value else None
+
+
+def instruction_error(template: str) -> bytes:
+    """The 400 for an instruction sent to a server without ``--chat-template``."""
+    message = (
+        "instruction is only applied with the reranker's chat template, and this server was "
+        f"started without one: restart it with --chat-template {template} (or leave "
+        "instruction out for the official default)"
+    )
+    error = {"message": message, "type": "BadRequestError", "param": "instruction", "code": 400}
+    return json.dumps({"error": error}).encode()
 
 
 def _sanitized(text: str) -> str:
@@ -121,38 +204,96 @@ class NameFailingMedia:
         if scope["type"] != "http" or scope.get("method") != "POST" or path not in ROUTES:
             await self.app(scope, receive, send)
             return
+        exact = path in SCORE_ROUTES
         chunks: list[bytes] = []  # references to what the route read, nothing more
-        held: Message | None = None  # the start of a JSON error response, sent once amended
-        error: list[bytes] = []
+        held: Message | None = None  # the start of a response, sent once amended
+        content: list[bytes] = []
+        tail = b""  # the end of the body so far, not yet given to the route
+        echo: dict[int, Any] = {}  # rerank results to show as sent: index -> document
+        rejected: bytes | None = None  # the error to answer instead of the route's
+
+        def finish(data: bytes) -> bytes:
+            # The whole body is known: the last chunk, with the exact fields added.
+            nonlocal rejected
+            try:
+                request = json.loads(b"".join(chunks))
+            except (ValueError, RecursionError):
+                return data  # vLLM answers it
+            template = served_chat_template(scope)
+            if requested_instruction(request) is not None and template is None:
+                from vllm_ascend_rerank.prompt import template_path
+
+                rejected = instruction_error(template_path())
+                return data + b" null"  # invalid JSON: the route fails fast, answered below
+            fields = official_fields(request)
+            end = data.rstrip(b" \t\r\n")
+            if not fields or not end.endswith(b"}") or not request:
+                return data
+            if path.endswith("rerank") and "documents" in fields:
+                sent, new = request["documents"], fields["documents"]
+                if not isinstance(sent, list):
+                    sent, new = [sent], [new]
+                echo.update(
+                    {i: d for i, (d, n) in enumerate(zip(sent, new, strict=True)) if d is not n}
+                )
+            return end[:-1] + b", " + json.dumps(fields)[1:-1].encode() + b"}"
 
         async def receive_and_keep() -> Message:
+            nonlocal tail
             message = await receive()
-            if message["type"] == "http.request":
-                chunks.append(message.get("body", b""))
-            return message
+            if message["type"] != "http.request":
+                return message
+            body = message.get("body", b"")
+            chunks.append(body)
+            if not exact:
+                return message
+            data, tail = tail + body, b""
+            if message.get("more_body", False):
+                kept = data.rstrip(_HELD)
+                tail = data[len(kept) :]
+                return {**message, "body": kept}
+            return {**message, "body": finish(data)}
 
         async def send_amended(message: Message) -> None:
             nonlocal held
             if message["type"] == "http.response.start":
                 headers = dict(message.get("headers", []))
                 is_json = headers.get(b"content-type", b"").startswith(b"application/json")
-                if message["status"] >= 400 and is_json:
+                if is_json and (message["status"] >= 400 or echo or rejected is not None):
                     held = message
                     return
                 chunks.clear()  # a success: the body is not needed any more
             elif message["type"] == "http.response.body" and held is not None:
-                error.append(message.get("body", b""))
+                content.append(message.get("body", b""))
                 if message.get("more_body", False):
                     return
-                content = b"".join(error)
-                content = amend(b"".join(chunks), content) or content
+                start, held = held, None
+                out = b"".join(content)
+                if rejected is not None:
+                    start, out = {**start, "status": 400}, rejected
+                elif start["status"] >= 400:
+                    out = amend(b"".join(chunks), out) or out
+                else:
+                    out = shown_as_sent(out, echo) or out
                 chunks.clear()
-                headers = [(k, v) for k, v in held["headers"] if k.lower() != b"content-length"]
-                headers.append((b"content-length", str(len(content)).encode()))
-                start, held = {**held, "headers": headers}, None
-                await send(start)
-                await send({"type": "http.response.body", "body": content})
+                headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
+                headers.append((b"content-length", str(len(out)).encode()))
+                await send({**start, "headers": headers})
+                await send({"type": "http.response.body", "body": out})
                 return
             await send(message)
 
         await self.app(scope, receive_and_keep, send_amended)
+
+
+def shown_as_sent(response: bytes, echo: dict[int, Any]) -> bytes | None:
+    """A rerank response with the documents in ``echo`` shown as the client sent them."""
+    try:
+        payload = json.loads(response)
+        for result in payload["results"]:
+            sent = echo.get(result["index"])
+            if sent is not None and isinstance(result.get("document"), dict):
+                result["document"]["multi_modal"] = sent["content"]
+    except (ValueError, KeyError, TypeError, RecursionError):
+        return None
+    return json.dumps(payload).encode()

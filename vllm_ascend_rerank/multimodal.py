@@ -29,9 +29,11 @@ Bad media are the client's problem and are answered as such: the media connector
 here turns every failure to fetch or decode an item into a 4xx naming the item; a media host
 that may recover (5xx, 429, timeout, DNS) gives a retryable 503 instead, as in stock vLLM.
 
-Still different from the official scorer: several text parts of one side are joined with
-"\n" (official: nothing) by vLLM's request parser, which no plugin hook reaches (send one
-text part per side); videos are decoded with OpenCV (official: torchcodec, decord or PyAV).
+Still different from the official scorer: in ``LLM.score``, several text parts of one side are
+joined with "\n" (official: nothing) and an empty document is "" (official: "NULL") by vLLM's
+request parser, which no model hook reaches (send one text part per side; ``vllm serve`` is
+exact: ``middleware`` fixes the body before vLLM parses it); videos are decoded with OpenCV
+(official: torchcodec, decord or PyAV).
 Kept from stock vLLM on purpose: an image is turned upright by its EXIF orientation (the
 official code feeds it as stored) and one with transparency other than RGBA (LA, P + tRNS) is
 composited on white (official: alpha dropped).
@@ -414,8 +416,7 @@ def media_error(url: str, media_io: object, exc: Exception) -> Exception:
             )
         if _is_fetch_error(exc):
             return RetryableRequestError(
-                f"{parameter} {shown!r} could not be fetched, a retry may succeed: "
-                f"{reason}{ref}"
+                f"{parameter} {shown!r} could not be fetched, a retry may succeed: {reason}{ref}"
             )
     return VLLMValidationError(f"{parameter} {shown!r}: {reason}{ref}", parameter=parameter)
 

@@ -7,7 +7,7 @@ elsewhere (or when ``VLLM_ASCEND_RERANK_DEVICE=cpu``).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from vllm.logger import init_logger
@@ -139,6 +139,14 @@ class AscendRerankPlatform(Platform):
         current = parser.get_default("middleware")
         if isinstance(current, list) and middleware.PATH not in current:
             parser.set_defaults(middleware=[*current, middleware.PATH])
+
+    @classmethod
+    def validate_request(cls, processed_inputs: Any, params: Any) -> None:
+        # LLM.score without chat_template= drops a per-request instruction: an error instead
+        # (vllm serve: the middleware answers it before the request is parsed).
+        from vllm_ascend_rerank.prompt import check_instruction_applied
+
+        check_instruction_applied(processed_inputs, params)
 
     # ---- kernels and backends ----------------------------------------------
     @classmethod
