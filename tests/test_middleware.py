@@ -18,7 +18,7 @@ import pytest
 from fastapi import Request
 from vllm.entrypoints.pooling.scoring.protocol import RerankRequest
 
-from vllm_ascend_rerank import middleware
+from vllm_ascend_rerank import guard, middleware
 from vllm_ascend_rerank.multimodal import media_error, shown_url
 
 LONG = "data:image/png;base64," + "A" * 500
@@ -268,8 +268,9 @@ def test_vllm_serve_parser_gets_it_by_default() -> None:
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
     parser = make_arg_parser(FlexibleArgumentParser())
-    assert parser.parse_args(["m"]).middleware == [middleware.PATH]
-    assert parser.parse_args(["m", "--middleware", "a.b"]).middleware == [middleware.PATH, "a.b"]
+    ours = [middleware.PATH, guard.PATH]  # the guard last: it runs first
+    assert parser.parse_args(["m"]).middleware == ours
+    assert parser.parse_args(["m", "--middleware", "a.b"]).middleware == [*ours, "a.b"]
 
 
 # ---- the exact request: text parts, empty documents, instruction (issue 12: 3, 12) ---------

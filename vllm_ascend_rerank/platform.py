@@ -130,15 +130,17 @@ class AscendRerankPlatform(Platform):
 
     @classmethod
     def pre_register_and_update(cls, parser: FlexibleArgumentParser | None = None) -> None:
-        # vllm serve: bad-media errors name the document (middleware.py). --middleware is
-        # registered before this hook runs; a user's values are appended to this default.
+        # vllm serve: bad-media errors name the document (middleware.py); the scoring
+        # routes' key and body limit (guard.py), added last so it runs first. --middleware
+        # is registered before this hook runs; a user's values are appended to this default.
         if parser is None:
             return
-        from vllm_ascend_rerank import middleware
+        from vllm_ascend_rerank import guard, middleware
 
         current = parser.get_default("middleware")
-        if isinstance(current, list) and middleware.PATH not in current:
-            parser.set_defaults(middleware=[*current, middleware.PATH])
+        if isinstance(current, list):
+            ours = [p for p in (middleware.PATH, guard.PATH) if p not in current]
+            parser.set_defaults(middleware=[*current, *ours])
 
     @classmethod
     def validate_request(cls, processed_inputs: Any, params: Any) -> None:
