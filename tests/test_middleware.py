@@ -359,3 +359,18 @@ def test_instruction_without_chat_template_is_a_400_saying_to_pass_it(extra: dic
     default = {**request, "instruction": ""} if "instruction" in extra else request
     if "instruction" in extra:
         assert call(exact_app(None), "/v1/rerank", body_chunks(default), None)[0] == 200
+
+
+def test_truncation_limit_rides_in_each_document() -> None:
+    # issue 12 (7): vLLM tells no model hook truncate_prompt_tokens unless its own cut removed
+    # something; the documents carry it to the template (truncation.limit_mark)
+    from vllm_ascend_rerank.truncation import limit_mark
+
+    pic = image("http://h/d.png")
+    request = {"query": "q", "documents": ["a", {"content": [pic]}], "truncate_prompt_tokens": 300}
+    mark = limit_mark(300)
+    assert middleware.official_fields(request) == {
+        "documents": ["a" + mark, {"content": [pic, text(mark)]}]
+    }
+    for other in ({"truncate_prompt_tokens": -1}, {"max_tokens_per_doc": 20}):
+        assert middleware.official_fields({**request, **other}) == {}

@@ -185,6 +185,33 @@ def test_text_parts_and_empty_documents_score_officially(server, checkpoints, re
     assert abs(want[1] - ref.score({"text": "city"}, [{"text": "a red\n car"}])[0]) > 1e-3
 
 
+def test_truncation_counts_vision_tokens_when_the_text_fits(server, checkpoints, ref) -> None:
+    # issue 12 (7): the text fits 300 tokens, the image's 144 vision tokens push the pair past
+    # them: cut the official way (was scored whole)
+    from PIL import Image
+    from reference import KEEP_TAIL, OfficialReranker
+
+    text = " ".join(["many words about a city"] * 12)
+    png = Image.open(io.BytesIO(_png(400, 400)))
+    pair = ({"text": "city"}, {"image": png, "text": text})
+    unexpanded = len(ref.tokenizer(ref.prompt(*pair))["input_ids"])
+    expanded = OfficialReranker(checkpoints["tied"], max_length=10**6).encode(*pair)
+    assert unexpanded < 300 < expanded["input_ids"].shape[1]
+    image_part = {"type": "image_url", "image_url": {"url": _png_url(400, 400)}}
+    doc = {"content": [image_part, {"type": "text", "text": text}]}
+    body = {"query": "city", "documents": [doc, text], "truncate_prompt_tokens": 300}
+    r = server.post("/v1/rerank", {"model": model_name(checkpoints), **body})
+    assert r.status_code == 200, r.text
+    text_only = len(ref.tokenizer(ref.prompt({"text": "city"}, {"text": text}))["input_ids"])
+    assert r.json()["usage"]["prompt_tokens"] == 300 + text_only
+    want = OfficialReranker(checkpoints["tied"], max_length=300 - KEEP_TAIL).score(
+        {"text": "city"}, [pair[1], {"text": text}]
+    )
+    results = {x["index"]: x for x in r.json()["results"]}
+    assert [results[i]["relevance_score"] for i in range(2)] == pytest.approx(want, abs=ATOL)
+    assert results[1]["document"]["text"] == text  # shown as sent
+
+
 def test_truncation_keeps_an_image_the_cut_removed(server, checkpoints, media_host) -> None:
     # issue 12 (4): a ~600-word query, a document that is one image, 200 tokens: the cut
     # falls in the query, before the image (was a 500: "Failed to apply prompt replacement")
@@ -267,6 +294,22 @@ def bad_requests(host: str) -> dict[str, tuple[dict | bytes, int, str]]:
             400,
             "truncate_prompt_tokens=20 is too small for this pair",
         ),
+        "vision tokens above truncate_prompt_tokens": (  # issue 12 (7): 625 of them
+            {
+                "query": "q",
+                "documents": [
+                    {
+                        "content": [
+                            {"type": "image_url", "image_url": {"url": _png_url(800, 800)}},
+                            {"type": "text", "text": "short"},
+                        ]
+                    }
+                ],
+                "truncate_prompt_tokens": 300,
+            },
+            400,
+            "truncate_prompt_tokens=300 is too small for this pair",
+        ),  # fmt: skip
         "reserved mark in a document": (
             {"query": "q", "documents": ["a <|fim_pad|> b"]},
             400,

@@ -99,18 +99,18 @@ def test_cut_that_removed_the_documents_image_puts_it_back(tok) -> None:
     # issue 12 (4): a long query, a document that is one image, a cut before the image
     from reference import IMAGE_PLACEHOLDER, format_text_prompt, truncate
 
-    from vllm_ascend_rerank.truncation import finish_prompt, take_cut_mark
+    from vllm_ascend_rerank.truncation import finish_prompt, take_limit
 
     query = "many words about a city " * 40
     full = _ids(tok, format_text_prompt(query, IMAGE_PLACEHOLDER))
     n = 100
     out = finish_prompt(full[:n], {"image": ["an image"]})
-    assert out is not None and len(out) == n
-    # the processor gets the prompt back with its last "\n", and the length to cut to
-    prompt, limit = take_cut_mark(out)
+    assert out is not None
+    # the processor gets the prompt without its mark, and the length to cut to
+    prompt, limit = take_limit(out)
     assert limit == n
     assert prompt == truncate(full, n - 5, set(tok.all_special_ids))  # image kept whole
-    assert take_cut_mark(prompt) == (prompt, None)  # the mark is the only record
+    assert take_limit(prompt) == (prompt, None)  # the mark is the only record
 
 
 def test_limit_below_the_template_is_a_400_naming_it(tok) -> None:
@@ -134,8 +134,25 @@ def test_a_cut_leaves_no_record_behind(tok) -> None:
     full = _ids(tok, format_text_prompt("a query " * 40, IMAGE_PLACEHOLDER))
     cut = truncation.finish_prompt(full[:100], {"image": ["an image"]})
     assert cut is not None
-    again, _ = truncation.take_cut_mark(cut)  # what an identical, uncut prompt looks like
-    assert truncation.take_cut_mark(again) == (again, None)
+    again, _ = truncation.take_limit(cut)  # what an identical, uncut prompt looks like
+    assert truncation.take_limit(again) == (again, None)
     state = [k for k, v in vars(truncation).items()
              if not k.startswith("__") and isinstance(v, (dict, list, set))]  # fmt: skip
     assert state == ["_TOKENIZERS"], state  # no per-request container at all
+
+
+def test_limit_reaches_the_processor_when_nothing_was_cut(tok) -> None:
+    # issue 12 (7): the text fits truncate_prompt_tokens, the vision tokens may not; the
+    # server's middleware appends the limit to each document, the template moves it before
+    # the closing turn, the model hands it to the processor (with media) or drops it
+    from reference import IMAGE_PLACEHOLDER, format_text_prompt
+
+    from vllm_ascend_rerank.prompt import render
+    from vllm_ascend_rerank.truncation import finish_prompt, limit_mark, take_limit
+
+    marked = _ids(tok, render("a query", IMAGE_PLACEHOLDER + "a doc" + limit_mark(300)))
+    plain = _ids(tok, format_text_prompt("a query", IMAGE_PLACEHOLDER + "a doc"))
+    out = finish_prompt(marked, {"image": ["an image"]})
+    assert out is not None and take_limit(out) == (plain, 300)
+    text_only = _ids(tok, render("a query", "a doc" + limit_mark(300)))
+    assert finish_prompt(text_only, None) == _ids(tok, format_text_prompt("a query", "a doc"))

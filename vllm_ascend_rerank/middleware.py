@@ -14,7 +14,10 @@ out of reach of every model hook), so ``LLM.score`` keeps these two differences:
 
 - several text parts of one side are joined with nothing (vLLM would put "\\n" between
   them); a document with no content at all (``{"content": []}``) is the official "NULL" (vLLM
-  would render ""). Rerank results still show each document as it was sent;
+  would render ""); ``truncate_prompt_tokens`` is also written at the end of each document
+  (``truncation.limit_mark``), so that a pair whose vision tokens alone push it past the limit
+  is cut too (vLLM tells no model hook the limit). Rerank results still show each document as
+  it was sent;
 - a request with an ``instruction`` (or ``chat_template_kwargs.instruction``) to a server
   started without ``--chat-template`` is a 400 saying to pass it: vLLM 0.34 renders such a
   server's prompts with the model's own template and no request arguments, so the
@@ -42,6 +45,7 @@ from typing import Any
 
 from vllm_ascend_rerank.compat import served_chat_template
 from vllm_ascend_rerank.multimodal import MEDIA_REF, shown_url
+from vllm_ascend_rerank.truncation import limit_mark
 
 PATH = "vllm_ascend_rerank.middleware.NameFailingMedia"
 ROUTES = ("/rerank", "/v1/rerank", "/v2/rerank", "/score", "/v1/score", "/v1/embeddings")
@@ -91,13 +95,18 @@ def failing_inputs(body: Any, digest: str) -> tuple[list[str], str | None]:
     return found, url
 
 
-def _official_side(item: Any, document: bool) -> Any:
-    """``item`` (one query or document) as the official scorer reads it, or ``item`` itself."""
+def _official_side(item: Any, document: bool, mark: str) -> Any:
+    """``item`` (one query or document) as the official scorer reads it (a document with the
+    truncation limit ``mark`` at its end), or ``item`` itself."""
+    if isinstance(item, str):
+        return item + mark if document and mark else item
     if not isinstance(item, dict) or not isinstance(item.get("content"), list):
         return item
     parts = item["content"]
-    if not parts:  # official: a side with no text, image or video is the text "NULL"
-        return {**item, "content": [{"type": "text", "text": "NULL"}]} if document else item
+    if not parts and document:  # official: a side with no text, image or video is "NULL"
+        parts = [{"type": "text", "text": "NULL"}]
+    if document and mark:
+        parts = [*parts, {"type": "text", "text": mark}]
     texts = [
         i
         for i, part in enumerate(parts)
@@ -105,28 +114,32 @@ def _official_side(item: Any, document: bool) -> Any:
         and part.get("type") == "text"
         and isinstance(part.get("text"), str)
     ]
-    if len(texts) < 2:
-        return item
-    joined = {**parts[texts[0]], "text": "".join(parts[i]["text"] for i in texts)}
-    rest = [
-        joined if i == texts[0] else part
-        for i, part in enumerate(parts)
-        if i == texts[0] or i not in texts
-    ]
-    return {**item, "content": rest}
+    if len(texts) > 1:
+        joined = {**parts[texts[0]], "text": "".join(parts[i]["text"] for i in texts)}
+        parts = [
+            joined if i == texts[0] else part
+            for i, part in enumerate(parts)
+            if i == texts[0] or i not in texts
+        ]
+    return item if parts is item["content"] else {**item, "content": parts}
 
 
 def official_fields(request: Any) -> dict[str, Any]:
     """The query/document fields of a score request that must change for the official
-    prompt (several text parts of a side joined with nothing, an empty document "NULL"),
+    prompt (several text parts of a side joined with nothing, an empty document "NULL", a
+    ``truncate_prompt_tokens`` limit carried in each document: ``truncation.limit_mark``),
     with their new values; {} when the request is exact as sent."""
     if not isinstance(request, dict):
         return {}
+    limit = request.get("truncate_prompt_tokens")
+    # max_tokens_per_doc cuts document text, mark included: the limit cannot ride along then
+    carries = isinstance(limit, int) and limit > 0 and not request.get("max_tokens_per_doc")
+    mark = limit_mark(limit) if carries else ""
     out: dict[str, Any] = {}
     for field in QUERY_FIELDS + DOCUMENT_FIELDS:
         value = request.get(field)
         items = value if isinstance(value, list) else [value]
-        fixed = [_official_side(item, field in DOCUMENT_FIELDS) for item in items]
+        fixed = [_official_side(item, field in DOCUMENT_FIELDS, mark) for item in items]
         if any(new is not old for new, old in zip(fixed, items, strict=True)):
             out[field] = fixed if isinstance(value, list) else fixed[0]
     return out
@@ -292,7 +305,11 @@ def shown_as_sent(response: bytes, echo: dict[int, Any]) -> bytes | None:
         payload = json.loads(response)
         for result in payload["results"]:
             sent = echo.get(result["index"])
-            if sent is not None and isinstance(result.get("document"), dict):
+            if sent is None or not isinstance(result.get("document"), dict):
+                continue
+            if isinstance(sent, str):
+                result["document"]["text"] = sent
+            else:
                 result["document"]["multi_modal"] = sent["content"]
     except (ValueError, KeyError, TypeError, RecursionError):
         return None

@@ -21,11 +21,14 @@ nothing outlives a request:
   removed (the document's, videos then images) and the closing turn go back, and the
   ordinary ids that no longer fit go, by the official rule with ``max_length = N - 5``;
 - images and videos are expanded into their vision tokens only later, by the multimodal
-  processor. A cut prompt with media ends with ``CUT_MARK`` in place of its final ``\\n``; the
-  reranker's processor (``models.processing``) puts the ``\\n`` back and cuts the expanded
-  prompt to the prompt's length, N, by the same rule, counting every vision token, as the
-  official ``max_length = N - 5`` does. It also applies the rule, with N = the model's
-  maximum length, to a pair whose vision tokens alone push it past that length.
+  processor. A prompt with media that has a limit ends with the limit mark
+  (``<|repo_name|>N<|repo_name|>``); the reranker's processor (``models.processing``) takes it
+  out and cuts the expanded prompt to N by the same rule, counting every vision token, as
+  the official ``max_length = N - 5`` does. It also applies the rule, with N = the model's
+  maximum length, to a pair whose vision tokens alone push it past that length;
+- when vLLM's cut removed nothing, no hook learns the limit from vLLM: ``vllm serve``'s
+  middleware writes it at the end of each document (``limit_mark``), the template moves it
+  before the closing turn, and the model takes it out (text only) or hands it on (media).
 
 A limit the official rule cannot meet sensibly is a 400 that names ``truncate_prompt_tokens``:
 one that would cut into the system turn, the instruction or ``<Query>:`` (the official rule
@@ -34,9 +37,10 @@ keep, one that cuts the query's own images or videos before expansion, or text i
 video's frame sequence (its timestamps).
 
 Limits (stock vLLM offers no hook that sees the limit when nothing was cut before
-expansion): a pair whose text fits ``truncate_prompt_tokens`` but whose vision tokens push it
-past it is scored whole; with ``truncation_side="left"`` vLLM drops the system turn itself,
-not the official way (``"right"`` is the default cut above).
+expansion): through ``LLM.score``, or with ``max_tokens_per_doc`` (which cuts the mark
+away), a pair whose text fits ``truncate_prompt_tokens`` but whose vision tokens push it past
+it is scored whole; with ``truncation_side="left"`` vLLM drops the system turn itself, not the
+official way (``"right"`` is the default cut above).
 """
 
 from __future__ import annotations
@@ -56,7 +60,7 @@ QUERY_TAG = "<Query>:"
 # so vLLM's length checks count the real prompt); both are taken out again before the prompt
 # reaches the engine. Special tokens of every Qwen3-VL vocabulary that no reranker prompt uses.
 USER_MARK = "<|fim_pad|>"  # pre-formatted, not in the official shape: score as sent
-CUT_MARK = "<|repo_name|>"  # cut with media: the processor cuts the expanded prompt to its length
+CUT_MARK = "<|repo_name|>"  # around a limit N: the expanded prompt is cut to N
 
 KEEP_TAIL = 5  # the closing turn's ids, as the official scorer counts them
 
@@ -132,6 +136,31 @@ def _count(items: object) -> int:
     return len(items) if isinstance(items, list) else 1
 
 
+def limit_mark(limit: int) -> str:
+    """The text that carries ``truncate_prompt_tokens`` in a document for the template (which
+    moves it before the closing turn) and the model (which takes it out): stock vLLM tells no
+    hook the limit when its own cut removed nothing, but vision tokens may still exceed it."""
+    return f"{CUT_MARK}{limit}{CUT_MARK}"
+
+
+def _limit_ids(limit: int, m: Markers) -> list[int]:
+    return [m.cut_mark, *m.tokenizer.encode(str(limit), add_special_tokens=False), m.cut_mark]
+
+
+def _take_limit(ids: list[int], m: Markers) -> tuple[list[int], int | None]:
+    # (ids without the limit mark, the limit); a mark that vLLM's cut split goes, unread
+    if m.cut_mark not in ids:
+        return ids, None
+    start = ids.index(m.cut_mark)
+    if m.cut_mark not in ids[start + 1 :]:
+        return ids[:start], None
+    end = ids.index(m.cut_mark, start + 1)
+    digits = m.tokenizer.decode(ids[start + 1 : end]).strip()
+    if not digits.isdigit():
+        raise _error(f"{CUT_MARK} is reserved by the reranker: remove it from the documents")
+    return ids[:start] + ids[end + 1 :], int(digits)
+
+
 def finish_prompt(ids: list[int], media: Mapping[str, object] | None) -> list[int] | None:
     """The prompt to score for ``ids`` as vLLM tokenized (and maybe cut) it, with ``media``
     (the prompt's ``multi_modal_data``); None when ``ids`` is right as it is."""
@@ -141,14 +170,17 @@ def finish_prompt(ids: list[int], media: Mapping[str, object] | None) -> list[in
         n = len(m.closing)
         if len(ids) <= len(m.system) or tuple(ids[: len(m.system)]) != m.system:
             continue
-        if tuple(ids[-n:]) == m.closing:
-            return None  # whole
-        return _recut(ids, dict(media or {}), m)
+        media = dict(media or {})
+        whole, limit = _take_limit(ids, m)
+        if tuple(whole[-n:]) == m.closing:  # not cut
+            if limit is None or not any(media.values()):
+                return whole if len(whole) != len(ids) else None
+            return [*whole, *_limit_ids(limit, m)]  # the processor may have to cut
+        return _recut(whole, media, m, limit=len(ids))
     return None
 
 
-def _recut(ids: list[int], media: dict[str, object], m: Markers) -> list[int]:
-    limit = len(ids)
+def _recut(ids: list[int], media: dict[str, object], m: Markers, limit: int) -> list[int]:
     head = list(ids)
     for k in range(len(m.closing) - 1, 0, -1):  # the cut fell inside the closing turn
         if tuple(head[-k:]) == m.closing[:k]:
@@ -173,7 +205,7 @@ def _recut(ids: list[int], media: dict[str, object], m: Markers) -> list[int]:
     check_query_kept(cut, f"truncate_prompt_tokens={limit}", m)
     if not any(media.values()):
         return cut  # text only: finished here
-    return [*cut[:-1], m.cut_mark]  # the processor cuts again once media are expanded
+    return [*cut, *_limit_ids(limit, m)]  # the processor cuts again once media are expanded
 
 
 def _cut_after_query_media(head: list[int], m: Markers) -> bool:
@@ -205,12 +237,12 @@ def check_query_kept(
     )
 
 
-def take_cut_mark(ids: list[int]) -> tuple[list[int], int | None]:
-    """For a prompt ``finish_prompt`` cut with media: the prompt with its ``CUT_MARK`` back to
-    the final ``\\n``, and the length to cut the expanded prompt to; else (ids, None)."""
+def take_limit(ids: list[int]) -> tuple[list[int], int | None]:
+    """For a prompt that ``finish_prompt`` gave a limit (with media, to cut once they are
+    expanded): the prompt without its mark, and the limit; else (ids, None)."""
     for m in markers():
         if ids and ids[-1] == m.cut_mark:
-            return [*ids[:-1], m.newline], len(ids)
+            return _take_limit(ids, m)
     return ids, None
 
 

@@ -108,8 +108,8 @@ class RerankMultiModalProcessor(Qwen3VLMultiModalProcessor):
 
     def apply(self, inputs: Any, timing_ctx: Any) -> MultiModalInput:
         # Official truncation counts vision tokens, which exist only from here on; a prompt
-        # cut before expansion says so itself (truncation.CUT_MARK), with its length.
-        prompt, limit = truncation.take_cut_mark(inputs.prompt)
+        # with a limit carries it (truncation.limit_mark).
+        prompt, limit = truncation.take_limit(inputs.prompt)
         what, parameter = f"truncate_prompt_tokens={limit}", "truncate_prompt_tokens"
         if limit is not None:
             inputs = dataclasses.replace(inputs, prompt=prompt)
