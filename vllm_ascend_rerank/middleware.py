@@ -1,4 +1,5 @@
-"""HTTP middleware the platform adds to ``vllm serve``: bad-media errors name the input.
+"""HTTP middleware the platform adds to ``vllm serve``: bad-media errors name the input, and
+score requests reach vLLM in the official form.
 
 vLLM renders every (query, document) pair separately and loads its media without knowing
 the pair's index, so the error for an image or video that cannot be loaded names the media
@@ -9,8 +10,9 @@ them in front of the message and in ``param`` (``documents[2]: image_url '...': 
 identify image file``), shows the URL as sent (vLLM's ``sanitize_message`` would have turned
 its path into "<path>") and drops the tag. Everything else passes through untouched.
 
-On the score routes it also makes the request exact before vLLM parses it (the parser is
-out of reach of every model hook), so ``LLM.score`` keeps these two differences:
+On the score routes it also makes the request exact before vLLM parses it (vLLM's request
+parser is out of reach of every model hook; ``LLM.score``, which has no middleware, keeps the
+differences of the first point):
 
 - several text parts of one side are joined with nothing (vLLM would put "\\n" between
   them); a document with no content at all (``{"content": []}``) is the official "NULL" (vLLM
@@ -26,11 +28,12 @@ out of reach of every model hook), so ``LLM.score`` keeps these two differences:
 It is a pure ASGI middleware that reads nothing itself: it keeps a reference to the body
 chunks the route reads, as the route reads them, and holds back only the closing ``}`` (and
 white space) of each chunk until the next one, so that it can add the exact fields at the
-end of the object (JSON's last duplicate name wins). A request that vLLM refuses before reading
+end of the object (the last of duplicate names wins, as Python's ``json``, which FastAPI
+parses bodies with, documents). A request that vLLM refuses before reading
 its body (``--api-key`` authentication, unknown route or method) is never read or held
 here, uploads stream to the route as they arrive, and a client that disconnects mid-upload
 is the route's business, as without this middleware. Responses other than JSON errors of
-those routes are passed on chunk by chunk.
+those routes (and rerank results that show a changed document) are passed on chunk by chunk.
 
 The platform adds it as a default ``--middleware`` (``Platform.pre_register_and_update``), so
 stock ``vllm serve`` commands get it; a user's own ``--middleware`` values are added after it.
