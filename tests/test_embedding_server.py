@@ -128,6 +128,17 @@ def test_inputs_without_official_meaning_are_refused(server, clip) -> None:
     assert embed(server, input="still here").shape == (1, 128)
 
 
+def test_truncation_is_the_official_right_cut(server, ref) -> None:
+    # The official embedder cuts the tokenized prompt on the right at max_length (8192).
+    long = " ".join(["music of the city"] * 20)
+    ref.max_length = 30
+    try:
+        want = ref.embed([{"text": long}])
+    finally:
+        ref.max_length = 8192
+    assert_close(embed(server, input=long, truncate_prompt_tokens=30), want)
+
+
 def test_sensitivity(server, ref) -> None:
     """The comparisons above can fail: other prompts give vectors far from these."""
     got = embed(server, input=TEXTS[0])

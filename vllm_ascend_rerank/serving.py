@@ -30,6 +30,7 @@ HF_OVERRIDES: dict[str, Any] = {
     "is_original_qwen3_reranker": True,
 }
 DEFAULT_MODEL_DIR = ".cache/tiny-qwen3-vl-reranker"
+DEFAULT_EMBEDDING_MODEL_DIR = ".cache/tiny-qwen3-vl-embedding"
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,6 +49,17 @@ def resolve_model(model: str | None, model_dir: str = DEFAULT_MODEL_DIR) -> str:
 
     if not (Path(model_dir) / "config.json").exists():
         make_tiny_checkpoint(model_dir)
+    return model_dir
+
+
+def resolve_embedding_model(model: str | None, model_dir: str = DEFAULT_EMBEDDING_MODEL_DIR) -> str:
+    """``model`` if given, else the embedded tiny embedder (made in ``model_dir`` once)."""
+    if model is not None:
+        return model
+    from vllm_ascend_rerank.tiny_checkpoint import make_tiny_embedding_checkpoint
+
+    if not (Path(model_dir) / "config.json").exists():
+        make_tiny_embedding_checkpoint(model_dir)
     return model_dir
 
 

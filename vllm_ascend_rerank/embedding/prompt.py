@@ -58,6 +58,23 @@ def format_prompt(
     )
 
 
+def embedding_input(
+    text: str | Sequence[str] | None = None,
+    *,
+    images: Sequence[Any] = (),
+    instruction: str | None = None,
+) -> dict[str, Any]:
+    """One offline input for ``LLM.embed``: the official prompt and, with images (PIL images or
+    arrays, in order), their ``multi_modal_data``. Videos go through the server (``video_url``),
+    where they are read by the official frame sampler."""
+    out: dict[str, Any] = {
+        "prompt": format_prompt(text, images=len(images), instruction=instruction)
+    }
+    if images:
+        out["multi_modal_data"] = {"image": list(images)}
+    return out
+
+
 def is_formatted(prompt: str) -> bool:
     """Whether a text prompt is already a chat conversation (sent as it is, never templated
     a second time)."""
