@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH := 'torch===2.14.0' 'torchvision===0.29.0'
 MODEL_DIR ?= .cache/tiny-qwen3-vl-reranker
 
-.PHONY: setup demo test lint build-native docs clean npu-emulation
+.PHONY: setup demo demo-retrieval test lint build-native docs clean npu-emulation
 
 setup: $(VENV)/.installed
 
@@ -25,6 +25,10 @@ $(VENV)/.installed: pyproject.toml $(wildcard setup.py CMakeLists.txt csrc/*.cpp
 
 demo: setup
 	$(BIN)/python examples/serve_and_rerank.py --model-dir $(MODEL_DIR)
+
+# Embed a small corpus with the embedded tiny Qwen3-VL-Embedding, rerank the top hits.
+demo-retrieval: setup
+	$(BIN)/python examples/retrieve_then_rerank.py --model-dir $(MODEL_DIR)
 
 test: setup npu-emulation
 	$(BIN)/python -m pytest -q tests
