@@ -63,6 +63,12 @@ def test_input_strings(server, ref) -> None:
     assert_close(embed(server, input=TEXTS[0]), want[:1])
     # Already formatted by the client: never templated twice.
     assert_close(embed(server, input=[ref.prompt({"text": t}) for t in TEXTS]), want)
+    # A per-request instruction: chat_template_kwargs (vLLM passes it on for plain input too).
+    kwargs = {"instruction": INSTRUCTIONS[0]}
+    got = embed(server, input=TEXTS, chat_template_kwargs=kwargs)
+    assert_close(got, ref.embed([{"text": t, **kwargs} for t in TEXTS]))
+    message = refuse(server, input=ref.prompt({"text": "x"}), chat_template_kwargs=kwargs)
+    assert "already formatted" in message
 
 
 def test_chat_messages_with_instructions(server, ref) -> None:

@@ -5,7 +5,8 @@ Selected through ``tokenizer_mode`` (see ``embedding.configure``), so the same r
 offline ``LLM.embed``:
 
 - a text prompt that is not a conversation yet (``input: "a cat"``, ``LLM.embed("a cat")``)
-  becomes the official prompt with the default instruction; the text may begin with media
+  becomes the official prompt with the default instruction, or the request's
+  ``chat_template_kwargs.instruction`` (vLLM passes that field on); the text may begin with media
   placeholders (offline ``multi_modal_data``), which then stay in front of the text;
 - a text prompt that already is one (begins with ``<|im_start|>``) and token ids are sent as
   they are: formatted by the client, never templated twice;
@@ -38,12 +39,32 @@ from vllm_ascend_rerank.embedding.prompt import (
 )
 
 
-def _official_text(prompt: Any) -> Any:
+def _instruction(kwargs: Any) -> str | None:
+    """``chat_template_kwargs.instruction`` of a request, checked."""
+    value = (kwargs or {}).get("instruction") if isinstance(kwargs, dict) else None
+    if value is not None and not isinstance(value, str):
+        raise VLLMValidationError(
+            f"chat_template_kwargs.instruction must be a string, got {value!r}",
+            parameter="chat_template_kwargs.instruction",
+        )
+    return value
+
+
+def _official_text(prompt: Any, instruction: str | None = None) -> Any:
     """A text prompt in the official form (other prompts unchanged)."""
-    if not isinstance(prompt, dict) or "prompt_token_ids" in prompt or "prompt_embeds" in prompt:
-        return prompt
-    text = prompt.get("prompt")
-    if not isinstance(text, str) or is_formatted(text):
+    text = prompt.get("prompt") if isinstance(prompt, dict) else None
+    if (
+        not isinstance(text, str)
+        or "prompt_token_ids" in prompt
+        or "prompt_embeds" in prompt
+        or is_formatted(text)
+    ):
+        if instruction is not None:  # it would be dropped without a word
+            raise VLLMValidationError(
+                "chat_template_kwargs.instruction: this input is already formatted (a prompt "
+                "starting with <|im_start|>, or token ids) and carries its own instruction",
+                parameter="chat_template_kwargs.instruction",
+            )
         return prompt
     # Leading placeholders are the input's media (offline multi_modal_data), in the client's
     # order; the official order is videos before images.
@@ -70,11 +91,32 @@ def _official_text(prompt: Any) -> Any:
             parameter="prompt",
         )
     texts = [text] if text or not (images or videos) else []
-    return {**prompt, "prompt": format_prompt(texts, images=images, videos=videos)}
+    formatted = format_prompt(texts, images=images, videos=videos, instruction=instruction)
+    return {**prompt, "prompt": formatted}
 
 
 class EmbeddingRenderer(HfRenderer):
     """``HfRenderer`` whose prompts are the official embedder's (module docstring)."""
+
+    def render_cmpl(self, prompts, tok_params=None, *, prompt_extras=None, skip_mm_cache=False):
+        instruction = _instruction((prompt_extras or {}).get("chat_template_kwargs"))
+        return super().render_cmpl(
+            [_official_text(p, instruction) for p in prompts],
+            tok_params,
+            prompt_extras=prompt_extras,
+            skip_mm_cache=skip_mm_cache,
+        )
+
+    async def render_cmpl_async(
+        self, prompts, tok_params=None, *, prompt_extras=None, skip_mm_cache=False
+    ):
+        instruction = _instruction((prompt_extras or {}).get("chat_template_kwargs"))
+        return await super().render_cmpl_async(
+            [_official_text(p, instruction) for p in prompts],
+            tok_params,
+            prompt_extras=prompt_extras,
+            skip_mm_cache=skip_mm_cache,
+        )
 
     def render_prompt(self, prompt):
         return super().render_prompt(_official_text(prompt))
@@ -97,12 +139,7 @@ class EmbeddingRenderer(HfRenderer):
                 "with --tokenizer-mode hf to use your own template instead.",
                 parameter="chat_template",
             )
-        instruction = params.chat_template_kwargs.get("instruction")
-        if instruction is not None and not isinstance(instruction, str):
-            raise VLLMValidationError(
-                f"chat_template_kwargs.instruction must be a string, got {instruction!r}",
-                parameter="chat_template_kwargs.instruction",
-            )
+        instruction = _instruction(params.chat_template_kwargs)
         try:
             conversation = official_messages(messages, instruction)
         except MessageError as exc:
