@@ -212,6 +212,36 @@ def test_truncation_counts_vision_tokens_when_the_text_fits(server, checkpoints,
     assert results[1]["document"]["text"] == text  # shown as sent
 
 
+def test_failed_truncated_request_leaves_nothing_behind(server, checkpoints, ref) -> None:
+    # issue 12 (6): a truncated pair whose image then fails in the processor (aspect ratio)
+    # used to leave its cut prompt recorded; a later pair whose prompt equals that cut one
+    # (same query, the kept text, any image) was then cut by its vision tokens as well
+    from PIL import Image
+    from reference import KEEP_TAIL
+
+    words = " ".join(["many words about a city"] * 20)
+    full = ref.tokenizer(ref.prompt({"text": "city"}, {"image": "any", "text": words}))
+    full = full["input_ids"]
+    n = 90
+    start = full.index(ref.tokenizer.convert_tokens_to_ids("<|vision_end|>")) + 1
+    kept = ref.tokenizer.decode(full[start : n - KEEP_TAIL])
+    again = ref.tokenizer(ref.prompt({"text": "city"}, {"image": "any", "text": kept}))
+    assert again["input_ids"] == full[: n - KEEP_TAIL] + full[-KEEP_TAIL:]  # the cut prompt
+    bad = {"type": "image_url", "image_url": {"url": _png_url(1, 300)}}
+    first = {"query": "city", "documents": [{"content": [bad, {"type": "text", "text": words}]}],
+             "truncate_prompt_tokens": n}  # fmt: skip
+    r = server.post("/v1/rerank", {"model": model_name(checkpoints), **first})
+    assert r.status_code == 400 and "aspect ratio" in r.text, r.text
+    good = {"type": "image_url", "image_url": {"url": _png_url(64, 64)}}
+    doc = {"content": [good, {"type": "text", "text": kept}]}
+    r = server.post("/v1/rerank", {"model": model_name(checkpoints), "query": "city",
+                                   "documents": [doc]})  # fmt: skip
+    assert r.status_code == 200, r.text
+    png = Image.open(io.BytesIO(_png(64, 64)))
+    want = ref.score({"text": "city"}, [{"image": png, "text": kept}])
+    assert r.json()["results"][0]["relevance_score"] == pytest.approx(want[0], abs=ATOL)
+
+
 def test_truncation_keeps_an_image_the_cut_removed(server, checkpoints, media_host) -> None:
     # issue 12 (4): a ~600-word query, a document that is one image, 200 tokens: the cut
     # falls in the query, before the image (was a 500: "Failed to apply prompt replacement")
