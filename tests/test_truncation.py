@@ -156,3 +156,22 @@ def test_limit_reaches_the_processor_when_nothing_was_cut(tok) -> None:
     assert out is not None and take_limit(out) == (plain, 300)
     text_only = _ids(tok, render("a query", "a doc" + limit_mark(300)))
     assert finish_prompt(text_only, None) == _ids(tok, format_text_prompt("a query", "a doc"))
+
+
+def test_requested_instruction_must_be_in_the_prompt(tok) -> None:
+    # issue 12 (3): LLM.score without chat_template= renders the default instruction
+    from types import SimpleNamespace
+
+    from reference import format_text_prompt
+
+    from vllm_ascend_rerank.prompt import check_instruction_applied
+
+    def params(instruction: str) -> SimpleNamespace:
+        return SimpleNamespace(extra_kwargs={"chat_template_kwargs": {"instruction": instruction}})
+
+    ids = _ids(tok, format_text_prompt("cat", "a dog", "Find pets."))
+    check_instruction_applied({"prompt_token_ids": ids}, params("Find pets."))
+    check_instruction_applied({"prompt_token_ids": ids}, params(""))  # "": the default
+    check_instruction_applied({"prompt_token_ids": ids}, SimpleNamespace(extra_kwargs=None))
+    with pytest.raises(VLLMValidationError, match="pass chat_template="):
+        check_instruction_applied({"prompt_token_ids": ids}, params("Find money."))

@@ -63,6 +63,7 @@ def check_instruction_applied(processed_inputs: Mapping[str, Any], params: objec
     raise VLLMValidationError(
         "chat_template_kwargs.instruction is only applied with the reranker's chat template: "
         f"pass chat_template=open({template_path()!r}).read() to LLM.score (vllm serve: "
-        f"--chat-template {template_path()})",
+        f"--chat-template {template_path()}); a pre-formatted query keeps the instruction "
+        "written in it",
         parameter="instruction",
     )
