@@ -109,6 +109,7 @@ def test_alone_equals_in_batch_and_dimensions(server, ref) -> None:
     alone = torch.cat([embed(server, input=t, dimensions=128) for t in TEXTS])
     assert_close(batch[:3], alone)
     assert_close(batch[3:], alone)
+    assert_close(alone, ref.embed([{"text": t} for t in TEXTS], dimensions=128))
     assert_close(embed(server, input=TEXTS, dimensions=64), ref.embed(
         [{"text": t} for t in TEXTS], dimensions=64))  # fmt: skip
     for bad in (32, 129, 0):
