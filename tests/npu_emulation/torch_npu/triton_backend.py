@@ -39,9 +39,12 @@ What differs from hardware:
 - Launches are synchronous on the host, like all work on the emulated device; streams are ids.
 - Speed: the interpreter runs one program at a time in Python. vLLM's Qwen3-VL vision tower
   interpolates position embeddings with one program per patch (``_bilinear_pos_embed_kernel``,
-  ~30 ms each here): the engine's start-up profile of the vision encoder at the checkpoint's
-  largest images took 14 minutes on 2 cores (measured). Emulated runs stay text-only
-  (``limit_mm_per_prompt={"image": 0, "video": 0}``) or keep images small (``max_pixels``).
+  16-30 ms each on 2 busy cores, measured): vLLM's start-up profile of the vision encoder runs
+  it on the largest image the processor accepts (1,843,200 px = 7,200 patches with the plugin's
+  defaults: ~2-4 min; 14 min measured at larger bounds). Emulated runs stay text-only
+  (``limit_mm_per_prompt={"image": 0, "video": 0}``) or profile on a small image, as a user
+  can: ``--limit-mm-per-prompt '{"image": {"count": 2, "width": 64, "height": 64}}'`` (16
+  patches, tests/test_npu_serving.py); requests' own images cost the same per patch.
 
 Each launch is counted by kernel name; the trace (``TORCH_NPU_EMULATION_TRACE``) lists them
 under "triton".
