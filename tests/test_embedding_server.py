@@ -71,6 +71,17 @@ def test_input_strings(server, ref) -> None:
     assert "already formatted" in message
 
 
+def test_top_level_instruction_is_honoured(server, ref) -> None:
+    # The reranker's field name (and the official embedder's): vLLM would drop it silently.
+    want = ref.embed([{"text": t, "instruction": INSTRUCTIONS[0]} for t in TEXTS])
+    assert_close(embed(server, input=TEXTS, instruction=INSTRUCTIONS[0]), want)
+    both = embed(server, input=TEXTS, instruction="ignored",
+                 chat_template_kwargs={"instruction": INSTRUCTIONS[0]})  # fmt: skip
+    assert_close(both, want)  # an explicit chat_template_kwargs key wins, as for rerank
+    message = refuse(server, input=TEXTS, instruction=5)
+    assert "instruction must be a string" in message
+
+
 def test_chat_messages_with_instructions(server, ref) -> None:
     for instruction in INSTRUCTIONS:
         messages = [{"role": "system", "content": instruction}, *user(txt(TEXTS[0]))]

@@ -20,6 +20,8 @@ differences of the first point):
   (``truncation.limit_mark``), so that a pair whose vision tokens alone push it past the limit
   is cut too (vLLM tells no model hook the limit). Rerank results still show each document as
   it was sent;
+- on ``/v1/embeddings`` a top-level ``instruction`` becomes ``chat_template_kwargs.instruction``
+  (vLLM would drop the unknown field; the embedding renderer applies it officially);
 - a request with an ``instruction`` (or ``chat_template_kwargs.instruction``) to a server
   started without ``--chat-template`` is a 400 saying to pass it: vLLM 0.34 renders such a
   server's prompts with the model's own template and no request arguments, so the
@@ -60,6 +62,8 @@ INPUT_FIELDS = (
 )  # fmt: skip
 # The reranker's routes, whose request bodies are made exact (``official_fields``).
 SCORE_ROUTES = ("/rerank", "/v1/rerank", "/v2/rerank", "/score", "/v1/score")
+# The embedder's route, whose top-level ``instruction`` is handed on (``embedding_fields``).
+EMBEDDINGS_ROUTE = "/v1/embeddings"
 DOCUMENT_FIELDS = ("documents", "items", "data_2", "text_2")
 QUERY_FIELDS = ("query", "queries", "data_1", "text_1")
 _HELD = b"} \t\r\n"  # the end of a JSON object, held back until the body's end is known
@@ -160,6 +164,20 @@ def requested_instruction(request: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def embedding_fields(request: Any) -> dict[str, Any]:
+    """A top-level ``instruction`` of an embeddings request (the reranker's field name, and
+    what users of the official embedder pass) as ``chat_template_kwargs.instruction``, the
+    one place vLLM hands the embedding renderer; vLLM would drop the unknown field without a
+    word. {} when there is none; an explicit ``chat_template_kwargs`` key wins, as for rerank."""
+    if not isinstance(request, dict) or "instruction" not in request:
+        return {}
+    kwargs = request.get("chat_template_kwargs")
+    kwargs = kwargs if isinstance(kwargs, dict) else {}
+    if "instruction" in kwargs:
+        return {}
+    return {"chat_template_kwargs": {**kwargs, "instruction": request["instruction"]}}
+
+
 def instruction_error(template: str) -> bytes:
     """The 400 for an instruction sent to a server without ``--chat-template``."""
     message = (
@@ -220,7 +238,7 @@ class NameFailingMedia:
         if scope["type"] != "http" or scope.get("method") != "POST" or path not in ROUTES:
             await self.app(scope, receive, send)
             return
-        exact = path in SCORE_ROUTES
+        exact = path in SCORE_ROUTES or path == EMBEDDINGS_ROUTE
         chunks: list[bytes] = []  # references to what the route read, nothing more
         held: Message | None = None  # the start of a response, sent once amended
         content: list[bytes] = []
@@ -236,12 +254,13 @@ class NameFailingMedia:
             except (ValueError, RecursionError):
                 return data  # vLLM answers it
             template = served_chat_template(scope)
-            if requested_instruction(request) is not None and template is None:
+            embedding = path == EMBEDDINGS_ROUTE
+            if not embedding and requested_instruction(request) is not None and template is None:
                 from vllm_ascend_rerank.prompt import template_path
 
                 rejected = instruction_error(template_path())
                 return data + b" null"  # invalid JSON: the route fails fast, answered below
-            fields = official_fields(request)
+            fields = embedding_fields(request) if embedding else official_fields(request)
             end = data.rstrip(b" \t\r\n")
             if not fields or not end.endswith(b"}") or not request:
                 return data
