@@ -12,11 +12,10 @@ plugin), the query's top-k documents by cosine similarity are then scored with s
 from __future__ import annotations
 
 import argparse
-import base64
 import gc
-import io
 
 import numpy as np
+from multimodal_offline import image_url, picture  # the same synthetic pictures
 from PIL import Image
 from vllm import LLM
 
@@ -32,20 +31,6 @@ from vllm_ascend_rerank.serving import (
 QUERY = "a red car parked in the street"
 # What the query asks for (the embedder's instruction; documents keep the default one).
 INSTRUCTION = "Retrieve images or passages that match the user's query."
-
-
-def picture(h: int, w: int, color: tuple[int, int, int]) -> Image.Image:
-    """A synthetic picture: a colored disc on a gradient."""
-    y, x = np.mgrid[0:h, 0:w]
-    img = np.stack([x * 255 // w, y * 255 // h, np.full((h, w), 128)], -1).astype(np.uint8)
-    img[(y - h / 2) ** 2 + (x - w / 2) ** 2 < (min(h, w) / 3) ** 2] = color
-    return Image.fromarray(img)
-
-
-def image_url(img: Image.Image) -> str:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 CORPUS: list[tuple[str, str | Image.Image]] = [
