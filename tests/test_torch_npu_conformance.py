@@ -244,6 +244,7 @@ def test_plugin_call_sites_bind_to_the_schema(wheel: PinnedWheel, op: str) -> No
 
 # ---- outputs against the wheel's meta functions ---------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def metas(wheel: PinnedWheel) -> dict[str, Callable[..., Any]]:
     out: dict[str, Callable[..., Any]] = {}
@@ -283,8 +284,13 @@ CASES: dict[str, tuple[str, Callable[[], tuple[tuple[Any, ...], dict[str, Any]]]
     "mrope-rope-fp32": (
         "npu_mrope",
         lambda: (
-            (torch.randint(0, 64, (9,)), _t(9, 256, dtype=torch.float32),
-             _t(9, 128, dtype=torch.float32), _t(64, 128, dtype=torch.float32), 128),
+            (
+                torch.randint(0, 64, (9,)),
+                _t(9, 256, dtype=torch.float32),
+                _t(9, 128, dtype=torch.float32),
+                _t(64, 128, dtype=torch.float32),
+                128,
+            ),
             {"mrope_section": [0, 0, 0], "rotary_mode": "half", "cache_mode": "default"},
         ),  # fmt: skip
     ),
@@ -296,18 +302,34 @@ CASES: dict[str, tuple[str, Callable[[], tuple[tuple[Any, ...], dict[str, Any]]]
         "npu_fused_infer_attention_score",
         lambda: (
             (_t(9, 8, 128), _t(25, 2, 128), _t(25, 2, 128)),
-            {"atten_mask": _causal_mask(), "actual_seq_lengths": [3, 9],
-             "actual_seq_lengths_kv": [10, 25], "num_heads": 8, "num_key_value_heads": 2,
-             "scale": 0.088, "input_layout": "TND", "sparse_mode": 3},
+            {
+                "atten_mask": _causal_mask(),
+                "actual_seq_lengths": [3, 9],
+                "actual_seq_lengths_kv": [10, 25],
+                "num_heads": 8,
+                "num_key_value_heads": 2,
+                "scale": 0.088,
+                "input_layout": "TND",
+                "sparse_mode": 3,
+            },
         ),  # fmt: skip
     ),
     "fia-tnd-full": (
         "npu_fused_infer_attention_score",
         lambda: (
-            (_t(9, 4, 128, dtype=torch.float16), _t(9, 4, 128, dtype=torch.float16),
-             _t(9, 4, 128, dtype=torch.float16)),
-            {"actual_seq_lengths": [4, 9], "actual_seq_lengths_kv": [4, 9], "num_heads": 4,
-             "scale": 0.088, "input_layout": "TND", "sparse_mode": 0},
+            (
+                _t(9, 4, 128, dtype=torch.float16),
+                _t(9, 4, 128, dtype=torch.float16),
+                _t(9, 4, 128, dtype=torch.float16),
+            ),
+            {
+                "actual_seq_lengths": [4, 9],
+                "actual_seq_lengths_kv": [4, 9],
+                "num_heads": 4,
+                "scale": 0.088,
+                "input_layout": "TND",
+                "sparse_mode": 0,
+            },
         ),  # fmt: skip
     ),
     "fusion_attention-tnd-vision": (

@@ -246,4 +246,3 @@ def meta_functions(source: str, ops: set[str]) -> dict[str, Callable[..., Any]]:
     namespace = _sandbox()
     exec(compile(ast.Module(body=body, type_ignores=[]), "<torch_npu meta>", "exec"), namespace)
     return {op: namespace[fn] for fn, op in wanted.items()}
-

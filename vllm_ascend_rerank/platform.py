@@ -161,9 +161,7 @@ class AscendRerankPlatform(Platform):
             return super().get_default_ir_op_priority(vllm_config)
         cpu_ops.register()  # the priority may only name registered providers
         ours = [cpu_ops.PROVIDER, "native"]
-        return IrOpPriorityConfig.with_default(
-            ["native"], rms_norm=ours, fused_add_rms_norm=ours
-        )
+        return IrOpPriorityConfig.with_default(["native"], rms_norm=ours, fused_add_rms_norm=ours)
 
     @classmethod
     def get_attn_backend_cls(

@@ -175,8 +175,10 @@ def qkv_norm_rope(
         raise ValueError(f"rotary_dim {rotary_dim} must be even and <= head_size {head_size}")
     if positions.dim() == 2:
         if len(mrope_section) != 3 or sum(mrope_section) != rotary_dim // 2:
-            raise ValueError(f"mrope_section {mrope_section} must be 3 parts summing to "
-                             f"rotary_dim / 2 = {rotary_dim // 2}")
+            raise ValueError(
+                f"mrope_section {mrope_section} must be 3 parts summing to "
+                f"rotary_dim / 2 = {rotary_dim // 2}"
+            )
         sec_t, sec_h, sec_w = mrope_section
         pos_stride = positions.stride(0)
     else:  # one position per token for every pair

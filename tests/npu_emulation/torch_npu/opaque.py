@@ -40,7 +40,9 @@ npu_rms_norm = _opaque(
 npu_add_rms_norm = _opaque(
     ops_norm.npu_add_rms_norm,
     lambda x1, x2, gamma, epsilon=1e-6: (
-        torch.empty_like(x1), _rstd_like(x1, gamma), torch.empty_like(x1)
+        torch.empty_like(x1),
+        _rstd_like(x1, gamma),
+        torch.empty_like(x1),
     ),
 )
 
@@ -55,6 +57,7 @@ npu_swiglu = _opaque(ops_activation.npu_swiglu, _swiglu_fake)
 npu_mrope = _opaque(
     ops_rope.npu_mrope,
     lambda positions, query, key, cos_sin_cache, head_size, **kw: (
-        torch.empty_like(query), torch.empty_like(key)
+        torch.empty_like(query),
+        torch.empty_like(key),
     ),
 )

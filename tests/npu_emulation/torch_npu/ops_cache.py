@@ -10,7 +10,12 @@ import torch
 from ._common import _check, _count
 
 _SCATTER_DTYPES = (
-    torch.float32, torch.float16, torch.bool, torch.bfloat16, torch.int64, torch.int8
+    torch.float32,
+    torch.float16,
+    torch.bool,
+    torch.bfloat16,
+    torch.int64,
+    torch.int8,
 )
 
 
