@@ -24,7 +24,7 @@ sys.path.insert(0, str(TESTS))
 def cases(root: Path) -> dict[str, tuple[str, list, list]]:
     """kind -> (query, documents for LLM.score, documents for the reference)."""
     from conftest import make_pairs
-    from test_multimodal import image, img, txt, vid, write_video
+    from media_helpers import image, img, txt, vid, write_video
 
     query, texts = make_pairs(16, seed=3)
     pics = [image(50, 70, 1), image(12, 300, 2), image(333, 121, 4), image(64, 64, 5)]

@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import ATOL, close_llm, make_llm
+from media_helpers import image
 from PIL import Image
 from reference_embedding import OfficialEmbedder, build_messages
-from test_multimodal import image
 
 from vllm_ascend_rerank import embedding
 from vllm_ascend_rerank.embedding.prompt import (

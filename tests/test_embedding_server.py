@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import ATOL, Server
+from media_helpers import img, txt, vid, write_video
 from reference_embedding import OfficialEmbedder
 from test_embedding import IMAGES, INSTRUCTIONS, TEXTS, assert_close
-from test_multimodal import img, txt, vid, write_video
 
 
 @pytest.fixture(scope="module")

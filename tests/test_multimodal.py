@@ -8,61 +8,15 @@ must be a clear 4xx while other requests keep being served.
 
 from __future__ import annotations
 
-import base64
 import concurrent.futures as cf
-import io
 import json
 import math
-from pathlib import Path
-from types import SimpleNamespace
 
-import numpy as np
 import pytest
 from conftest import ATOL, Server, close_llm, make_llm, serve_args
-from PIL import Image
+from media_helpers import bad_media, image, img, txt, vid, write_video
 
 QUERY = "a red car in the city"
-
-
-def image(h: int, w: int, seed: int) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    base = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-    ramp = np.linspace(0, 255, w, dtype=np.uint8)[None, :, None]  # some structure to resample
-    return Image.fromarray(((base.astype(np.uint16) + ramp) // 2).astype(np.uint8))
-
-
-def png_url(img: Image.Image) -> str:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-def write_video(path: Path, frames: int, fps: int, h: int, w: int, seed: int = 0) -> Path:
-    """A small mp4 (MPEG-4 part 2) whose content moves, written with OpenCV."""
-    import cv2
-
-    base = np.asarray(image(h, w, seed))
-    out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-    for i in range(frames):
-        out.write(np.roll(base, 3 * i, axis=1)[..., ::-1].copy())
-    out.release()
-    return path
-
-
-def video_url(path: Path) -> str:
-    return "data:video/mp4;base64," + base64.b64encode(path.read_bytes()).decode()
-
-
-def img(x: Image.Image) -> dict:
-    return {"type": "image_url", "image_url": {"url": png_url(x)}}
-
-
-def vid(path: Path) -> dict:
-    return {"type": "video_url", "video_url": {"url": video_url(path)}}
-
-
-def txt(t: str) -> dict:
-    return {"type": "text", "text": t}
 
 
 @pytest.fixture(scope="module")
@@ -139,102 +93,6 @@ def test_reference_media_rules(ref, media) -> None:
     # frames 0, 16, 33, 49 of 50 at 10 fps; no outer <|vision_start|> around the video
     assert "<Document>:<0.8 seconds><|vision_start|>" in text
     assert text.count("<|vision_start|>") == 2
-
-
-@pytest.mark.parametrize(
-    ("user", "image_bounds", "frame_bounds"),
-    [
-        ({}, (4096, 1843200), (131072, 786432)),  # the official defaults
-        ({"max_pixels": 8192}, (4096, 8192), (131072, 8192)),  # flat: both modalities
-        ({"images_kwargs": {"size": {"shortest_edge": 1024}}}, (1024, 1843200), (131072, 786432)),
-        ({"videos_kwargs": {"min_pixels": 65536}}, (4096, 1843200), (65536, 786432)),
-    ],
-)
-def test_user_settings_override_official_defaults(
-    checkpoints, user, image_bounds, frame_bounds
-) -> None:
-    """--mm-processor-kwargs edges replace the defaults; a request's min/max_pixels win."""
-    from conftest import HF_OVERRIDES
-    from vllm.config import ModelConfig
-    from vllm.multimodal import MULTIMODAL_REGISTRY
-
-    from vllm_ascend_rerank import multimodal
-    from vllm_ascend_rerank.registration import register_all
-
-    register_all()
-    config = ModelConfig(
-        model=str(checkpoints["tied"]),
-        runner="pooling",
-        hf_overrides=HF_OVERRIDES,
-        mm_processor_kwargs=user,
-        media_io_kwargs={"video": {"fps": 2}},
-    )
-    multimodal.apply_defaults(SimpleNamespace(model_config=config))
-    video_io = config.multimodal_config.media_io_kwargs["video"]
-    assert video_io == {"fps": 2, "video_backend": multimodal.VIDEO_LOADER}
-    info = MULTIMODAL_REGISTRY.create_processor(config).info
-    assert info._image_bounds({}) == image_bounds
-    assert info._frame_bounds({}) == frame_bounds
-    assert info._image_bounds({"max_pixels": 9000}) == (image_bounds[0], 9000)
-
-
-def _info(checkpoints, media_io_kwargs: dict | None = None):
-    from conftest import HF_OVERRIDES
-    from vllm.config import ModelConfig
-    from vllm.multimodal import MULTIMODAL_REGISTRY
-
-    from vllm_ascend_rerank import multimodal
-    from vllm_ascend_rerank.registration import register_all
-
-    register_all()
-    config = ModelConfig(
-        model=str(checkpoints["tied"]), runner="pooling", hf_overrides=HF_OVERRIDES,
-        media_io_kwargs=media_io_kwargs,
-    )  # fmt: skip
-    multimodal.apply_defaults(SimpleNamespace(model_config=config))
-    return MULTIMODAL_REGISTRY.create_processor(config).info
-
-
-def test_video_budget_follows_configured_frames(checkpoints) -> None:
-    default = _info(checkpoints).get_max_video_tokens(10**6, {"video": 1})
-    more = _info(checkpoints, {"video": {"max_frames": 128}}).get_max_video_tokens(
-        10**6, {"video": 1}
-    )
-    fixed = _info(checkpoints, {"video": {"nframes": 8}}).get_max_video_tokens(10**6, {"video": 1})
-    # 64 frames (32 groups) of at most 786,432 px = 768 tokens each; 128 frames fit the
-    # qwen-vl-utils total budget (128,000 tokens x 0.9 over 64 groups = 1,800 tokens) cut to
-    # the per-frame maximum of 768 tokens; 8 frames: 4 groups
-    assert (default, more, fixed) == (32 * 768, 64 * 768, 4 * 768)
-
-
-def test_frame_counts_are_capped(checkpoints) -> None:
-    from vllm.multimodal.video import VIDEO_LOADER_REGISTRY
-
-    from vllm_ascend_rerank import multimodal
-
-    multimodal.register_video_loader()
-    loader = VIDEO_LOADER_REGISTRY.load(multimodal.VIDEO_LOADER)
-    source = SimpleNamespace(total_frames_num=10**6, original_fps=30.0)
-    target = SimpleNamespace(fps=30.0)
-    assert len(loader.compute_frames_index_to_sample(source, target, max_frames=768)) == 768
-    for key, value in [("max_frames", 10**5), ("nframes", 769), ("nframes", 0), ("fps", 0),
-                       ("max_frames", "64")]:  # fmt: skip
-        with pytest.raises(ValueError, match=f"media_io_kwargs.video.{key}"):
-            loader.compute_frames_index_to_sample(source, target, **{key: value})
-    with pytest.raises(ValueError, match="--media-io-kwargs video.max_frames"):
-        _info(checkpoints, {"video": {"max_frames": 5000}})  # refused at start-up
-
-
-@pytest.mark.parametrize("value", [0, -5, "big"])
-def test_zero_pixel_bound_is_a_400_naming_it(checkpoints, value) -> None:
-    from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
-
-    info = _info(checkpoints)
-    for bounds in (info._image_bounds, info._frame_bounds):
-        with pytest.raises(Exception) as caught:
-            bounds({"max_pixels": value})
-        err = create_error_response(caught.value).error
-        assert err.code == 400 and "mm_processor_kwargs.max_pixels" in err.message, err
 
 
 # ---- offline: LLM.score, prefix caching off -------------------------------------------------
@@ -444,53 +302,10 @@ def test_request_overrides_pixel_bounds(mm_server, checkpoints, media, reference
     assert abs(default[0] - want[0]) > 1e-4  # the override did change the input
 
 
-def _bad_media(media, tmp: Path) -> dict[str, tuple[dict, str]]:
-    import cv2
-
-    empty = tmp / "empty.mp4"
-    cv2.VideoWriter(str(empty), cv2.VideoWriter_fourcc(*"mp4v"), 10, (64, 48)).release()
-    one = write_video(tmp / "one.mp4", frames=1, fps=10, h=48, w=64)
-    b64 = base64.b64encode
-    url = {"type": "image_url", "image_url": {"url": ""}}
-
-    def image_url(u: str) -> dict:
-        return {**url, "image_url": {"url": u}}
-
-    return {  # name -> (document, words the error message must contain)
-        "malformed url": (image_url("cat.png"), "URL"),
-        "not base64": (image_url("data:image/png;base64,@@@@"), "base64"),
-        "undecodable": (
-            image_url("data:image/png;base64," + b64(b"not an image").decode()),
-            "Failed to load image",
-        ),
-        "zero-sized": (image_url(png_url_raw(0, 5)), "image_url"),
-        "extreme aspect": (img(image(1, 300, 0)), "aspect ratio"),
-        "video without frames": (vid(empty), "video_url"),
-        "one-frame video": (vid(one), "frame"),
-        "local file": (image_url("file:///etc/hostname"), "allowed-local-media-path"),
-        "too many images": ({"content": [img(media["square"])] * 4}, "At most 3 image"),
-    }
-
-
-def png_url_raw(width: int, height: int) -> str:
-    """A PNG whose header declares ``width`` x ``height`` (0 is not a valid image)."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b""))
-    png += chunk(b"IEND", b"")
-    return "data:image/png;base64," + base64.b64encode(png).decode()
-
-
 def test_bad_media_is_a_clear_4xx_and_others_are_served(
     mm_server, checkpoints, media, docs, expected, tmp_path
 ) -> None:
-    cases = _bad_media(media, tmp_path)
+    cases = bad_media(media, tmp_path)
     good = {
         "model": model_name(checkpoints),
         "query": QUERY,
