@@ -7,10 +7,12 @@ runs with prefix caching on (vLLM's default); the server tests run it off.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import ATOL, close_llm, make_llm
-from media_helpers import image
+from media_helpers import image, video_url, write_video
 from PIL import Image
 from reference_embedding import OfficialEmbedder, build_messages
 
@@ -18,6 +20,7 @@ from vllm_ascend_rerank import embedding
 from vllm_ascend_rerank.embedding.prompt import (
     IMAGE_PLACEHOLDER,
     MessageError,
+    embedding_input,
     format_prompt,
     instruction_text,
     official_messages,
@@ -56,6 +59,12 @@ def llm(embedding_checkpoints):
     engine = make_llm(embedding_checkpoints["plain"], hf_overrides=None, max_model_len=2048)
     yield engine
     close_llm(engine)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    # 4 s at 4 fps: the official 1 fps gives 4 frames (vLLM's own sampler: 2 fps, 8 frames).
+    return write_video(tmp_path_factory.mktemp("embed-video") / "clip.mp4", 16, 4, 48, 64)
 
 
 def vectors(outputs) -> torch.Tensor:
@@ -217,3 +226,24 @@ def test_matryoshka_and_batch(llm, ref) -> None:
     assert_close(batch[:2], alone)
     assert_close(batch[2:], alone)  # prefix-cached repeats
     assert_close(alone, ref.embed([{"text": TEXTS[0]}, {"image": IMAGES["odd"]}]))
+
+
+def test_videos_offline(llm, ref, clip: Path) -> None:
+    """``embedding_input(videos=...)`` reads a file or URL with the server's reader (the
+    official 1 fps sampler); the engine sizes the frames by the official per-frame bounds."""
+    mixed = {"text": ["a red ", "car"], "image": [IMAGES["odd"], IMAGES["rgba"]]}
+    want = ref.embed([{"video": str(clip)}, {**mixed, "video": str(clip)}])
+    prompts = [
+        embedding_input(videos=[clip]),  # a path
+        embedding_input(mixed["text"], images=mixed["image"], videos=[video_url(clip)]),
+    ]
+    assert_close(vectors(llm.embed(prompts)), want)
+    # The test can fail: sampled at 2 fps (8 frames, vLLM's default rate) the vector moves.
+    other = vectors(llm.embed([embedding_input(videos=[clip], video_options={"fps": 2})]))
+    assert (other[0] - want[0]).abs().max() > 100 * ATOL
+    with pytest.raises(TypeError, match="single one"):
+        embedding_input(videos=clip)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="file path or URL"):
+        embedding_input(videos=[torch.zeros(4, 48, 64, 3, dtype=torch.uint8)])
+    with pytest.raises(ValueError, match="video_options: unknown"):
+        embedding_input(videos=[clip], video_options={"video_backend": "opencv"})

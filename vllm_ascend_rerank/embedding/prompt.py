@@ -6,14 +6,19 @@ input's videos, then its images, then its texts joined with nothing, and the gen
 An input with nothing in it is the text ``NULL``. The vector is read at the last token of this
 prompt (the ``\\n`` after ``assistant``).
 
-Pure Python (no vLLM import): the renderer, the offline helpers and the docs use it.
+Pure Python at import (vLLM is imported only to read a video offline, ``load_video``): the
+renderer, the offline helpers and the docs use it.
 """
 
 from __future__ import annotations
 
+import os
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 DEFAULT_INSTRUCTION = "Represent the user's input."
 IMAGE_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
@@ -62,17 +67,79 @@ def embedding_input(
     text: str | Sequence[str] | None = None,
     *,
     images: Sequence[Any] = (),
+    videos: Sequence[str | os.PathLike[str]] = (),
     instruction: str | None = None,
+    video_options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One offline input for ``LLM.embed``: the official prompt and, with images (PIL images or
-    arrays, in order), their ``multi_modal_data``. Videos go through the server (``video_url``),
-    where they are read by the official frame sampler."""
+    """One offline input for ``LLM.embed``: the official prompt and the media as its
+    ``multi_modal_data``.
+
+    ``images``: PIL images or arrays, in order. ``videos``: files (a path) or URLs (http(s),
+    ``data:``, ``file:``), in order, read here with the server's reader (``load_video``: the
+    official sampler, 1 fps, 4..64 frames); the engine then sizes the frames by the official
+    per-frame bounds, as for ``video_url``. Decoded frames are refused: the official rule
+    samples from the file, so frames sampled elsewhere would give another vector.
+    ``video_options`` (``fps``, ``min_frames``, ``max_frames``, ``nframes``) replace the
+    official sampling, as ``media_io_kwargs.video`` does on the server; the engine's own
+    ``media_io_kwargs`` never reach a video decoded here, so pass them this way.
+    """
+    if isinstance(videos, (str, os.PathLike)):  # one path would be read letter by letter
+        raise TypeError("videos: a list of files or URLs, got a single one; use videos=[...]")
     out: dict[str, Any] = {
-        "prompt": format_prompt(text, images=len(images), instruction=instruction)
+        "prompt": format_prompt(
+            text, images=len(images), videos=len(videos), instruction=instruction
+        )
     }
+    data: dict[str, list[Any]] = {}
+    if videos:
+        data["video"] = [load_video(v, video_options) for v in videos]
     if images:
-        out["multi_modal_data"] = {"image": list(images)}
+        data["image"] = list(images)
+    if data:
+        out["multi_modal_data"] = data
     return out
+
+
+def load_video(video: str | os.PathLike[str], options: Mapping[str, Any] | None = None) -> Any:
+    """A video file or URL decoded and sampled exactly as ``vllm serve`` reads a
+    ``video_url``: vLLM's ``VideoMediaIO`` with the plugin's video loader (the official frame
+    sampler, ``vllm_ascend_rerank.multimodal``), and for URLs the plugin's media connector.
+    The result is a ``multi_modal_data`` video item (frames, their metadata, the file bytes).
+    """
+    if not isinstance(video, (str, os.PathLike)):
+        raise TypeError(
+            f"videos: give a file path or URL, got {type(video).__name__}; the official rule "
+            "samples frames from the file (1 fps, 4..64 frames), which decoded frames skip"
+        )
+    # vLLM imports are heavy and only videos need them.
+    from vllm.multimodal.media import MEDIA_CONNECTOR_REGISTRY, ImageMediaIO, VideoMediaIO
+
+    from vllm_ascend_rerank import multimodal
+
+    options = dict(options or {})
+    # Sampling options only: a video_backend here would replace the official sampler.
+    unknown = options.keys() - set(multimodal._SAMPLING_KEYS)
+    if unknown:
+        raise ValueError(
+            f"video_options: unknown {sorted(unknown)}; allowed {list(multimodal._SAMPLING_KEYS)}"
+        )
+    multimodal.check_sampling(options, "video_options")
+    # Registered by the plugin in the engine's processes; this one may not have an engine yet.
+    multimodal.register_video_loader()
+    io_kwargs = {"video_backend": multimodal.VIDEO_LOADER, **options}
+    source = os.fspath(video)
+    scheme = source.split(":", 1)[0].lower() if ":" in source else ""
+    if scheme in ("http", "https", "data"):
+        multimodal.register_media_connector()
+        connector = MEDIA_CONNECTOR_REGISTRY.load(
+            multimodal.MEDIA_CONNECTOR, media_io_kwargs={"video": io_kwargs}
+        )
+        return connector.fetch_video(source)  # errors name the URL
+    path = Path(url2pathname(urlparse(source).path)) if scheme == "file" else Path(source)
+    try:
+        return VideoMediaIO(ImageMediaIO(), **io_kwargs).load_file(path)
+    except Exception as exc:
+        raise ValueError(f"video {str(path)!r}: {exc}") from exc
 
 
 def is_formatted(prompt: str) -> bool:
