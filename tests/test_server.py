@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 import torch
+from bad_inputs import MediaHost, bad_requests, image_doc, red_png, red_png_url
 from conftest import ATOL, Server, make_pairs, run_bench_serve, serve_args
 
 PREFIX = (
@@ -34,50 +35,9 @@ def server(checkpoints) -> Iterator[Server]:
     srv.stop()
 
 
-def _png(width: int = 64, height: int = 48) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.new("RGB", (width, height), (200, 30, 30)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _png_url(width: int, height: int) -> str:
-    import base64
-
-    return "data:image/png;base64," + base64.b64encode(_png(width, height)).decode()
-
-
-class _MediaHost(http.server.BaseHTTPRequestHandler):
-    """/status/<code>/...: that status; a path ending in -missing.png: 404; anything else: a
-    small PNG."""
-
-    png = _png()
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
-        parts = self.path.split("/")
-        if parts[1] == "status":
-            self.send_error(int(parts[2]))
-            return
-        if self.path.endswith("-missing.png"):
-            self.send_error(404)
-            return
-        self._send(self.png, "image/png")
-
-    def _send(self, data: bytes, kind: str) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def media_host() -> Iterator[str]:
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _MediaHost)
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), MediaHost)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
@@ -192,12 +152,12 @@ def test_truncation_counts_vision_tokens_when_the_text_fits(server, checkpoints,
     from reference import KEEP_TAIL, OfficialReranker
 
     text = " ".join(["many words about a city"] * 12)
-    png = Image.open(io.BytesIO(_png(400, 400)))
+    png = Image.open(io.BytesIO(red_png(400, 400)))
     pair = ({"text": "city"}, {"image": png, "text": text})
     unexpanded = len(ref.tokenizer(ref.prompt(*pair))["input_ids"])
     expanded = OfficialReranker(checkpoints["tied"], max_length=10**6).encode(*pair)
     assert unexpanded < 300 < expanded["input_ids"].shape[1]
-    image_part = {"type": "image_url", "image_url": {"url": _png_url(400, 400)}}
+    image_part = {"type": "image_url", "image_url": {"url": red_png_url(400, 400)}}
     doc = {"content": [image_part, {"type": "text", "text": text}]}
     body = {"query": "city", "documents": [doc, text], "truncate_prompt_tokens": 300}
     r = server.post("/v1/rerank", {"model": model_name(checkpoints), **body})
@@ -227,17 +187,17 @@ def test_failed_truncated_request_leaves_nothing_behind(server, checkpoints, ref
     kept = ref.tokenizer.decode(full[start : n - KEEP_TAIL])
     again = ref.tokenizer(ref.prompt({"text": "city"}, {"image": "any", "text": kept}))
     assert again["input_ids"] == full[: n - KEEP_TAIL] + full[-KEEP_TAIL:]  # the cut prompt
-    bad = {"type": "image_url", "image_url": {"url": _png_url(1, 300)}}
+    bad = {"type": "image_url", "image_url": {"url": red_png_url(1, 300)}}
     first = {"query": "city", "documents": [{"content": [bad, {"type": "text", "text": words}]}],
              "truncate_prompt_tokens": n}  # fmt: skip
     r = server.post("/v1/rerank", {"model": model_name(checkpoints), **first})
     assert r.status_code == 400 and "aspect ratio" in r.text, r.text
-    good = {"type": "image_url", "image_url": {"url": _png_url(64, 64)}}
+    good = {"type": "image_url", "image_url": {"url": red_png_url(64, 64)}}
     doc = {"content": [good, {"type": "text", "text": kept}]}
     r = server.post("/v1/rerank", {"model": model_name(checkpoints), "query": "city",
                                    "documents": [doc]})  # fmt: skip
     assert r.status_code == 200, r.text
-    png = Image.open(io.BytesIO(_png(64, 64)))
+    png = Image.open(io.BytesIO(red_png(64, 64)))
     want = ref.score({"text": "city"}, [{"image": png, "text": kept}])
     assert r.json()["results"][0]["relevance_score"] == pytest.approx(want[0], abs=ATOL)
 
@@ -250,127 +210,15 @@ def test_truncation_keeps_an_image_the_cut_removed(server, checkpoints, media_ho
 
     query = " ".join(["many words about a city"] * 120)
     r = server.post("/v1/rerank", {"model": model_name(checkpoints), "query": query,
-                                   "documents": [image(media_host + "/img/cat.png")],
+                                   "documents": [image_doc(media_host + "/img/cat.png")],
                                    "truncate_prompt_tokens": 200})  # fmt: skip
     assert r.status_code == 200, r.text
     assert r.json()["usage"]["prompt_tokens"] == 200
-    png = Image.open(io.BytesIO(_png()))
+    png = Image.open(io.BytesIO(red_png()))
     want = OfficialReranker(checkpoints["tied"], max_length=200 - KEEP_TAIL).score(
         {"text": query}, [{"image": png}]
     )
     assert r.json()["results"][0]["relevance_score"] == pytest.approx(want[0], abs=ATOL)
-
-
-def image(url: str) -> dict:
-    return {"content": [{"type": "image_url", "image_url": {"url": url}}]}
-
-
-# Long look-alike URLs: same first 48 characters and length, so shown the same shortened way.
-LOOK_ALIKE = "/media/" + "x" * 70
-
-
-def bad_requests(host: str) -> dict[str, tuple[dict | bytes, int, str]]:
-    """The maintained list of bad input: name -> (request body, exact status, what the error
-    message must contain). Media hosts that may recover answer 503 (retryable, as stock vLLM
-    keeps them); everything else the client got wrong is a 4xx naming it."""
-    deep = b'{"query": "q", "documents": [' + b"[" * 3000 + b"]" * 3000 + b"]}"
-    return {
-        "empty documents": ({"query": "cat", "documents": []}, 400, "At least one"),
-        "missing query": ({"documents": ["a"]}, 400, "query"),
-        "query wrong type": ({"query": 5, "documents": ["a"]}, 400, "query"),
-        "documents wrong type": ({"query": "cat", "documents": 7}, 400, "documents"),
-        "over-long document": (
-            {"query": "cat", "documents": ["word " * 3000]},
-            400,
-            "maximum context length",
-        ),
-        "negative top_n": ({"query": "cat", "documents": ["a"], "top_n": -1}, 400, "top_n"),
-        "top_n not a number": ({"query": "cat", "documents": ["a"], "top_n": "x"}, 400, "top_n"),
-        "JSON nested 3,000 deep": (deep, 400, "error parsing the body"),
-        "media host 404": (
-            {"query": "q", "documents": ["a", image(host + "/status/404/img/cat.png")]},
-            422,
-            f"documents[1]: image_url '{host}/status/404/img/cat.png' could not be fetched",
-        ),
-        "media host 503": (
-            {"query": "q", "documents": ["a", image(host + "/status/503/img/cat.png")]},
-            503,
-            f"documents[1]: image_url '{host}/status/503/img/cat.png' could not be fetched, "
-            "a retry may succeed",
-        ),
-        "media host 429": (
-            {"query": "q", "documents": [image(host + "/status/429/a/b.png")]},
-            503,
-            "documents[0]: image_url ",
-        ),
-        "look-alike URLs, one missing": (
-            {
-                "query": "q",
-                "documents": [
-                    image(host + LOOK_ALIKE + "-present.png"),
-                    image(host + LOOK_ALIKE + "-missing.png"),
-                ],
-            },
-            422,
-            "documents[1]: image_url ",  # and not documents[0]
-        ),  # fmt: skip
-        "instruction without --chat-template": (
-            {"query": "q", "documents": ["a"], "instruction": "Find money."},
-            400,
-            "restart it with --chat-template ",
-        ),
-        "truncate_prompt_tokens below the template": (
-            {"query": "cat", "documents": ["a dog"], "truncate_prompt_tokens": 20},
-            400,
-            "truncate_prompt_tokens=20 is too small for this pair",
-        ),
-        "vision tokens above truncate_prompt_tokens": (  # issue 12 (7): 625 of them
-            {
-                "query": "q",
-                "documents": [
-                    {
-                        "content": [
-                            {"type": "image_url", "image_url": {"url": _png_url(800, 800)}},
-                            {"type": "text", "text": "short"},
-                        ]
-                    }
-                ],
-                "truncate_prompt_tokens": 300,
-            },
-            400,
-            "truncate_prompt_tokens=300 is too small for this pair",
-        ),  # fmt: skip
-        "reserved mark in a document": (
-            {"query": "q", "documents": ["a <|fim_pad|> b"]},
-            400,
-            "reserved by the reranker",
-        ),
-        "truncated pair whose image fails": (  # issue 12 (6): leaves no record behind
-            {
-                "query": "q " * 300,
-                "documents": [
-                    {
-                        "content": [
-                            {"type": "image_url", "image_url": {"url": _png_url(1, 300)}},
-                            {"type": "text", "text": "t"},
-                        ]
-                    }
-                ],
-                "truncate_prompt_tokens": 150,
-            },
-            400,
-            "aspect ratio",
-        ),  # fmt: skip
-        "max_pixels 0": (
-            {
-                "query": "q",
-                "documents": [image(host + "/img/ok.png")],
-                "mm_processor_kwargs": {"max_pixels": 0},
-            },
-            400,
-            "mm_processor_kwargs.max_pixels",
-        ),  # fmt: skip
-    }
 
 
 BAD_NAMES = list(bad_requests("http://h"))
