@@ -4,7 +4,7 @@ Run on an Ascend host (CANN, torch_npu 2.14.0 and triton-ascend installed, one f
 
     VLLM_ASCEND_RERANK_DEVICE=npu python -m pytest tests/test_npu_hardware.py -m npu -v
 
-The same kernel checks as tests/test_npu_emulation.py, on the device: each torch_npu op our
+The same kernel checks as tests/test_npu_emulation*.py, on the device: each torch_npu op our
 code calls against a plain torch computation, NpuKernels against TorchKernels, the CustomOp
 replacements against vLLM's forward_native, an ACL graph capture/replay, the Triton kernel
 compiled by triton-ascend, and ``vllm serve`` answering /v1/rerank with the official rule's
