@@ -9,6 +9,8 @@ import contextlib
 import gc
 import os
 import random
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -116,7 +118,8 @@ def pure_torch() -> contextlib.AbstractContextManager[None]:
     return plugin_env(VLLM_ASCEND_RERANK_ATTN_IMPL="torch", VLLM_ASCEND_RERANK_CPU_LINEAR="torch")
 
 
-EMULATED_DEVICE = REPO / "tests" / "npu_emulation" / "torch_npu" / "_device.so"
+EMULATION = REPO / "tests" / "npu_emulation"
+EMULATED_DEVICE = EMULATION / "torch_npu" / "_device.so"
 
 
 def require_emulated_npu() -> None:
@@ -126,6 +129,35 @@ def require_emulated_npu() -> None:
         if os.environ.get("CI"):
             pytest.fail(f"{msg}: CI must build the emulated device")
         pytest.skip(msg)
+
+
+def npu_mode_env(trace: Path, memory_mb: int = 2048, **extra: str) -> dict[str, str]:
+    """The environment of a process that runs stock vLLM in NPU mode on the emulated device,
+    writing its trace to ``trace``."""
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(EMULATION), str(REPO / "tests")]),
+        "VLLM_ASCEND_RERANK_DEVICE": "npu",
+        "TORCH_NPU_EMULATION_MEMORY_MB": str(memory_mb),  # the KV cache is real host memory
+        "TORCH_NPU_EMULATION_TRACE": str(trace),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),  # vLLM would use 1
+        **extra,
+    }
+
+
+def run_npu_script(
+    script: str, tmp_path: Path, *args: str, timeout: float = 600, **extra_env: str
+) -> tuple[str, Path]:
+    """Run ``script`` (a Python program) with ``args`` in NPU mode; its stdout and trace path.
+    A failing run fails the test with the end of its stderr."""
+    trace, path = tmp_path / "trace.jsonl", tmp_path / "run.py"
+    path.write_text(script)
+    out = subprocess.run(
+        [sys.executable, str(path), *args],
+        env=npu_mode_env(trace, **extra_env), capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-4000:]
+    return out.stdout, trace
 
 
 def make_llm(model: Path, **kwargs):

@@ -386,25 +386,13 @@ def test_engine_replays_acl_graphs(heads128_checkpoint, reference_factory, tmp_p
     runner, our wrapper and the emulated NPUGraph. Steps up to 128 tokens replay the graph of
     the next captured size; larger ones (the budget is 256) run eagerly; the scores are the
     official rule's and the trace shows the replays and the memory phases."""
-    from conftest import REPO, make_pairs
+    from conftest import make_pairs, run_npu_script
 
-    trace, script = tmp_path / "trace.jsonl", tmp_path / "run.py"
-    script.write_text(ENGINE_SCRIPT)
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(EMULATION), str(REPO / "tests")]),
-        "VLLM_ASCEND_RERANK_DEVICE": "npu",
-        "VLLM_ASCEND_RERANK_GRAPH_SIZES": "16,64,128",
-        "TORCH_NPU_EMULATION_MEMORY_MB": "2048",  # the KV cache is real host memory
-        "TORCH_NPU_EMULATION_TRACE": str(trace),
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
-    }
-    out = subprocess.run(
-        [sys.executable, str(script), str(heads128_checkpoint)],
-        env=env, capture_output=True, text=True, timeout=900,
+    stdout, trace = run_npu_script(
+        ENGINE_SCRIPT, tmp_path, str(heads128_checkpoint), timeout=900,
+        VLLM_ASCEND_RERANK_GRAPH_SIZES="16,64,128",
     )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-4000:]
-    scores = json.loads(next(ln for ln in out.stdout.splitlines() if ln.startswith("[")))
+    scores = json.loads(next(ln for ln in stdout.splitlines() if ln.startswith("[")))
     query, docs = make_pairs(12, seed=11)
     want = reference_factory(heads128_checkpoint).score(
         {"text": query}, [{"text": d} for d in docs]

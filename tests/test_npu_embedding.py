@@ -11,17 +11,12 @@ device. Text and a text+image input, fp32, within 1e-4 of the official rule
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
-from conftest import REPO, require_emulated_npu
+from conftest import require_emulated_npu, run_npu_script
 from reference_embedding import OfficialEmbedder
 from test_embedding import IMAGES, INSTRUCTIONS, TEXTS, assert_close
-
-EMULATION = REPO / "tests" / "npu_emulation"
 
 # skip_mm_profiling: the encoder's memory profile runs a largest-size dummy image (1,800 tokens)
 # through Triton's interpreter, 2.5 of the 3 minutes this engine took to start on 2 cores; it
@@ -48,22 +43,8 @@ if __name__ == "__main__":
 def test_npu_mode_serves_the_embedder(embedding_checkpoints, tmp_path: Path) -> None:
     require_emulated_npu()
     ckpt = embedding_checkpoints["plain"]
-    trace, script = tmp_path / "trace.jsonl", tmp_path / "run.py"
-    script.write_text(SCRIPT)
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(EMULATION), str(REPO / "tests")]),
-        "VLLM_ASCEND_RERANK_DEVICE": "npu",
-        "TORCH_NPU_EMULATION_MEMORY_MB": "2048",  # the KV cache is real host memory
-        "TORCH_NPU_EMULATION_TRACE": str(trace),
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),  # vLLM would use 1
-    }
-    out = subprocess.run(
-        [sys.executable, str(script), str(ckpt)],
-        env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-4000:]
-    result = json.loads(next(ln for ln in out.stdout.splitlines() if ln.startswith("{")))
+    stdout, trace = run_npu_script(SCRIPT, tmp_path, str(ckpt))
+    result = json.loads(next(ln for ln in stdout.splitlines() if ln.startswith("{")))
     assert result["arch"] == ["Qwen3VLForEmbedding"]  # the embedder, not stock vLLM's
     want = OfficialEmbedder(ckpt).embed(
         [

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ATOL, REPO, make_pairs, require_emulated_npu
+from conftest import ATOL, REPO, make_pairs, require_emulated_npu, run_npu_script
 
 EMULATION = REPO / "tests" / "npu_emulation"
 BF16_ATOL = 2e-2  # bfloat16 engine against the float32 official rule
@@ -177,22 +177,8 @@ def test_eager_engine_in_npu_mode_matches_official(
     """Stock ``LLM.score`` with the device on: the plugin's NPU platform and worker run vLLM's
     GPU model runner on npu:0 (eager), and the scores are the official rule's (fp32)."""
     require_emulated_npu()
-    trace, script = tmp_path / "trace.jsonl", tmp_path / "run.py"
-    script.write_text(ENGINE_SCRIPT)
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(EMULATION), str(REPO / "tests")]),
-        "VLLM_ASCEND_RERANK_DEVICE": "npu",
-        "TORCH_NPU_EMULATION_MEMORY_MB": "2048",  # the KV cache is real host memory
-        "TORCH_NPU_EMULATION_TRACE": str(trace),
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),  # vLLM would use 1
-    }
-    out = subprocess.run(
-        [sys.executable, str(script), str(checkpoints["tied"])],
-        env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-4000:]
-    scores = json.loads(next(ln for ln in out.stdout.splitlines() if ln.startswith("[")))
+    stdout, trace = run_npu_script(ENGINE_SCRIPT, tmp_path, str(checkpoints["tied"]))
+    scores = json.loads(next(ln for ln in stdout.splitlines() if ln.startswith("[")))
     query, docs = make_pairs(8, seed=3)
     want = reference_factory(checkpoints["tied"]).score(
         {"text": query}, [{"text": d} for d in docs]
