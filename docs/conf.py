@@ -5,18 +5,12 @@ Build: ``make docs`` (warnings are errors), output in docs/_build/html.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE / "_ext"))
-
 project = "vllm-ascend-rerank"
 author = "vllm-ascend-rerank contributors"
 copyright = "vllm-ascend-rerank contributors"
 release = version = "0.1.0"
 
-extensions = ["myst_parser", "legacy_redirects"]
+extensions = ["myst_parser", "sphinx_reredirects"]
 
 source_suffix = {".md": "markdown"}
 root_doc = "index"
@@ -33,9 +27,12 @@ html_show_sourcelink = False
 html_copy_source = False
 pygments_style = "sphinx"
 
-# Old flat tutorial URLs -> their pages in the sectioned layout (docname -> docname).
-# Each one becomes a small HTML page that forwards to the new page (see _ext/).
-legacy_redirects = {
-    "tutorials/index": "tutorials/models/index",
-    "tutorials/Qwen3-VL-Reranker": "tutorials/models/Qwen3-VL-Reranker",
+# Old flat tutorial URLs -> their pages in the sectioned layout (sphinx-reredirects: each key
+# is an old docname, for which it writes <old>.html that forwards to the value; the value is
+# used as-is as a URL relative to the old page's folder, so it carries the ``.html``).
+# It checks neither side: tests/test_docs.py fails if a target is not a page of the build
+# or an old name is still a document.
+redirects = {
+    "tutorials/index": "models/index.html",
+    "tutorials/Qwen3-VL-Reranker": "models/Qwen3-VL-Reranker.html",
 }

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import os
 import re
+import runpy
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from fnmatch import fnmatch
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -28,7 +30,8 @@ from conftest import REPO, free_port
 DOCS = REPO / "docs"
 BIN = Path(sys.executable).parent
 
-# Old flat URLs -> the page that replaced them (the contract; conf.py implements it).
+# Old flat URLs -> the page that replaced them (the contract; conf.py's ``redirects``, read by
+# sphinx-reredirects, implements it).
 OLD_URLS = {
     "tutorials/Qwen3-VL-Reranker.html": "tutorials/models/Qwen3-VL-Reranker.html",
     "tutorials/index.html": "tutorials/models/index.html",
@@ -115,6 +118,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     try:
         import myst_parser  # noqa: F401
         import sphinx  # noqa: F401
+        import sphinx_reredirects  # noqa: F401
     except ImportError:
         pytest.fail("the docs toolchain is missing: pip install -r requirements/docs.txt")
     out = tmp_path_factory.mktemp("docs") / "html"
@@ -135,7 +139,8 @@ class _Links(HTMLParser):
         self.links: list[str] = []
         self.ids: set[str] = set()
         self.meta_refresh: str | None = None
-        self.canonical: str | None = None
+        self.scripts: list[str] = []  # inline <script> bodies
+        self._in_script = False
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = {k: v or "" for k, v in attrs}
@@ -144,11 +149,20 @@ class _Links(HTMLParser):
                 self.ids.add(a[key])
         if tag == "meta" and a.get("http-equiv", "").lower() == "refresh":
             self.meta_refresh = a.get("content", "").split("url=", 1)[-1]
-        if tag == "link" and a.get("rel") == "canonical":
-            self.canonical = a.get("href")
+        if tag == "script" and "src" not in a:
+            self._in_script = True
+            self.scripts.append("")
         for key in ("href", "src"):
             if key in a and tag in ("a", "link", "script", "img", "iframe", "source"):
                 self.links.append(a[key])
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "script":
+            self._in_script = False
+
+    def handle_data(self, data: str) -> None:
+        if self._in_script:
+            self.scripts[-1] += data
 
 
 def parse(path: Path) -> _Links:
@@ -165,19 +179,67 @@ def test_site_builds(site: Path) -> None:
     assert (site / "configuration.html").is_file()
 
 
+def conf_redirects() -> dict[str, str]:
+    """conf.py's ``redirects``: old docname -> URL relative to the old page's folder."""
+    return runpy.run_path(str(DOCS / "conf.py"))["redirects"]
+
+
+def forwards_to(stub: Path) -> list[str]:
+    """The URLs a sphinx-reredirects page sends the reader to: its meta refresh (readers
+    without JavaScript) and its script's ``var target``."""
+    page = parse(stub)
+    urls = [page.meta_refresh] if page.meta_refresh else []
+    for script in page.scripts:
+        urls += re.findall(r'var target = "([^"]*)"', script)
+    return urls
+
+
 @pytest.mark.parametrize("old", sorted(OLD_URLS))
 def test_old_url_forwards_to_new_page(site: Path, old: str) -> None:
     stub = site / old
     assert stub.is_file(), f"{old} is not in the built site"
-    page = parse(stub)
-    assert page.meta_refresh, f"{old} has no meta refresh"
-    for url in (page.meta_refresh, page.canonical):
-        assert url and not urlsplit(url).scheme, url
-        target = (stub.parent / url).resolve()
+    urls = forwards_to(stub)
+    assert len(urls) == 2, f"{old}: want a meta refresh and a script target, got {urls}"
+    for url in urls:
+        assert not urlsplit(url).scheme, url
+        target = (stub.parent / unquote(urlsplit(url).path)).resolve()
         assert target == (site / OLD_URLS[old]).resolve(), (old, url)
         assert target.is_file()
-    # The plain link for readers without refresh points there too.
-    assert any((stub.parent / href).resolve() == target for href in page.links)
+
+
+def test_every_redirect_target_is_a_page(site: Path) -> None:
+    """sphinx-reredirects writes a target as-is: one that is not a page of this build (or
+    an anchor that page lacks) would forward readers to a 404."""
+    redirects = conf_redirects()
+    assert redirects
+    bad = []
+    for old, new in sorted(redirects.items()):
+        stub = site / f"{old}.html"
+        if not stub.is_file():
+            bad.append(f"{old}: no {stub.relative_to(site)} was written")
+            continue
+        for url in dict.fromkeys(forwards_to(stub)) or [""]:
+            parts = urlsplit(url)
+            if parts.scheme or parts.netloc:
+                continue  # another site: not ours to check
+            target = (stub.parent / unquote(parts.path)).resolve()
+            if not parts.path or not target.is_file():
+                bad.append(f"{old} -> {new!r}: {url!r} is not a page of the build")
+            elif parts.fragment and unquote(parts.fragment) not in parse(target).ids:
+                bad.append(f"{old} -> {new!r}: {target.name} has no #{parts.fragment}")
+    assert not bad, "\n".join(bad)
+
+
+def test_no_redirect_from_a_document() -> None:
+    """sphinx-reredirects silently overwrites a real page with its forwarding page."""
+    docnames = {p.relative_to(DOCS).with_suffix("").as_posix() for p in source_pages()}
+    clash = [
+        f"{old}: {d}.md is still a document; drop the redirect"
+        for old in sorted(conf_redirects())
+        for d in sorted(docnames)
+        if fnmatch(d, old)
+    ]
+    assert not clash, "\n".join(clash)
 
 
 def test_no_broken_internal_links(site: Path) -> None:
