@@ -1,25 +1,30 @@
-"""bf16 serving against the official scorer run in bf16 (issue 12: 13), both measured here.
+"""bf16 serving against the official scorer and embedder run in bf16 (issue 12: 13), both
+measured here.
 
-On the same pairs, against the official rule in fp32: the plugin's ``LLM.score`` in bf16, and
-the official ``Qwen3VLReranker`` as it runs with its model loaded in bf16
-(``from_pretrained(..., dtype=bfloat16)``, transformers' default SDPA attention; the score
-linear ``W[yes] - W[no]`` taken from the bf16 ``lm_head`` and applied in bf16). A single
-pair's bf16 error is noise-like and heavy-tailed, so the bound is on the mean over 96 pairs:
-the plugin's may exceed the official bf16 scorer's by at most 25%; the max is printed.
+On the same inputs, against the official rule in fp32: the plugin's ``LLM.score`` /
+``LLM.embed`` in bf16, and the official ``Qwen3VLReranker`` / embedder as they run with the model
+loaded in bf16 (``from_pretrained(..., dtype=bfloat16)``, transformers' default SDPA attention;
+the reranker's score linear ``W[yes] - W[no]`` taken from the bf16 ``lm_head`` and applied in
+bf16). A single pair's bf16 error is noise-like and heavy-tailed, so the bound is on the mean
+over 96 inputs: the plugin's may not exceed the official bf16 run's; the max is printed.
 
-Measured on this project's 2-core x86 test machine (AVX512-BF16), 2026-12-03, mean (max) of
-|score - official fp32|:
+Measured on this project's 2-core x86 test machine (Intel Xeon, AVX512-BF16/AMX), 2026-12-03,
+mean (max) of |score - official fp32| (embedder: of |vector - official fp32|), before and
+after the final norm kept its fp32 output (``models.final_norm``):
 
-| checkpoint | plugin bf16 | official bf16, SDPA | official bf16, eager attention |
+| checkpoint | official bf16 | plugin bf16, before | plugin bf16, after |
 |---|---|---|---|
-| tied, 16-dim heads | 2.86e-3 (4.6e-2) | 2.73e-3 (2.1e-2) | 3.21e-3 (3.2e-2) |
-| untied | 5.74e-3 (3.5e-2) | 5.40e-3 (5.0e-2) | 4.98e-3 (3.2e-2) |
-| 128-dim heads | 2.15e-3 (3.6e-2) | 1.88e-3 (2.4e-2) | 1.55e-3 (1.7e-2) |
+| reranker, tied | 2.73e-3 (2.1e-2) | 2.86e-3 (4.6e-2) | 2.61e-3 (2.6e-2) |
+| reranker, untied | 5.40e-3 (5.0e-2) | 5.74e-3 (3.5e-2) | 5.24e-3 (3.3e-2) |
+| reranker, 128-dim heads | 1.88e-3 (2.4e-2) | 2.12e-3 (3.6e-2) | 1.74e-3 (3.2e-2) |
+| embedder | 6.34e-3 (7.8e-3) | 5.78e-3 (7.3e-3) | 5.34e-3 (6.7e-3) |
 
-transformers' own two attention paths differ from each other by as much as the plugin differs
-from either: no single rounding step of the plugin was found to add error (norms and SiLU
-round as transformers does, attention and linear layers accumulate in fp32, the residual sum
-is normalised before it is rounded, the score head is fp32).
+Where the difference was: the plugin's hidden states are closer to fp32 than transformers' bf16
+ones at every layer (relative error of the residual stream 4-14% lower, the final norm's output
+4-6% lower), but the final norm rounded its output to bf16 before the fp32 head read it; that
+last rounding outweighed the gain. The official bf16 head's own rounding shifts every logit of a
+checkpoint by about the same amount, which is why its mean can sit below the same hidden states
+read through the exact head (tied: 2.7e-3 vs 2.9e-3).
 """
 
 from __future__ import annotations
@@ -31,7 +36,6 @@ from conftest import close_llm, make_llm, make_pairs
 from reference import OfficialReranker
 
 PAIRS = 96
-SLACK = 1.25
 
 
 def official_bf16(model_dir: Path) -> OfficialReranker:
@@ -52,11 +56,11 @@ def errors(scores: list[float], exact: list[float]) -> tuple[float, float]:
     return sum(diffs) / len(diffs), max(diffs)
 
 
-@pytest.mark.parametrize("kind", ["tied", "untied"])
+@pytest.mark.parametrize("kind", ["tied", "untied", "heads128"])
 def test_bf16_plugin_no_further_from_fp32_than_official_bf16(
-    checkpoints: dict[str, Path], kind: str
+    checkpoints: dict[str, Path], heads128_checkpoint: Path, kind: str
 ) -> None:
-    model = checkpoints[kind]
+    model = heads128_checkpoint if kind == "heads128" else checkpoints[kind]
     query, docs = make_pairs(PAIRS, seed=5)
     q, ds = {"text": query}, [{"text": d} for d in docs]
     exact = OfficialReranker(model).score(q, ds)
@@ -70,4 +74,32 @@ def test_bf16_plugin_no_further_from_fp32_than_official_bf16(
     print(f"{kind}: |plugin bf16 - fp32| mean {p_mean:.2e} max {p_max:.2e}; "
           f"|official bf16 - fp32| mean {o_mean:.2e} max {o_max:.2e}")  # fmt: skip
     assert o_max > 1e-3  # the official bf16 run really ran in bf16
-    assert p_mean <= SLACK * o_mean, (p_mean, o_mean)
+    assert p_mean <= o_mean, (p_mean, o_mean)
+
+
+def test_bf16_embedder_no_further_from_fp32_than_official_bf16(
+    embedding_checkpoints: dict[str, Path],
+) -> None:
+    import torch
+    from reference_embedding import OfficialEmbedder
+    from transformers import Qwen3VLForConditionalGeneration
+
+    model = embedding_checkpoints["plain"]
+    _, texts = make_pairs(PAIRS, seed=7)
+    items = [{"text": t} for t in texts]
+    exact = OfficialEmbedder(model).embed(items)
+    official = OfficialEmbedder(model)
+    official.model = Qwen3VLForConditionalGeneration.from_pretrained(
+        model, dtype=torch.bfloat16
+    ).model.eval()
+    o_err = (official.embed(items).float() - exact).norm(dim=-1)
+    llm = make_llm(model, hf_overrides=None, max_model_len=2048, dtype="bfloat16")
+    try:
+        plugin = torch.tensor([o.outputs.embedding for o in llm.embed(texts, use_tqdm=False)])
+    finally:
+        close_llm(llm)
+    p_err = (plugin - exact).norm(dim=-1)
+    print(f"embedder: |plugin bf16 - fp32| mean {p_err.mean():.2e} max {p_err.max():.2e}; "
+          f"|official bf16 - fp32| mean {o_err.mean():.2e} max {o_err.max():.2e}")  # fmt: skip
+    assert o_err.max() > 1e-3  # the official bf16 run really ran in bf16
+    assert p_err.mean() <= o_err.mean(), (p_err.mean(), o_err.mean())

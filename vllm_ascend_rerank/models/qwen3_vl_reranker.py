@@ -27,6 +27,7 @@ from vllm.model_executor.models.interfaces import SupportsScoreTemplate
 from vllm.model_executor.models.qwen3_vl import Qwen3VLForConditionalGeneration
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
+from vllm_ascend_rerank.models.final_norm import keep_final_norm_fp32
 from vllm_ascend_rerank.models.processing import (
     RerankDummyInputsBuilder,
     RerankMultiModalProcessor,
@@ -81,6 +82,10 @@ class Qwen3VLForSequenceClassification(
     # Without --chat-template vLLM asks the model for the pair's prompt: give the
     # official one (same template file), so scores never depend on remembering the flag.
     supports_score_template = True
+
+    def __init__(self, *, vllm_config: Any, prefix: str = "") -> None:
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        keep_final_norm_fp32(self.language_model)  # the head reads it unrounded
 
     @classmethod
     def get_score_template(cls, query: str, document: str) -> str | None:
