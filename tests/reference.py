@@ -367,6 +367,7 @@ class OfficialReranker:
             for document in documents:
                 self.model.rope_deltas = None  # cached M-RoPE state from a previous call
                 hidden = self.model(**self.encode(query, document, instruction)).last_hidden_state
-                logit = hidden[0, -1] @ self.score_weight
+                # in the head's dtype (a bf16 model read through an fp32 head: exactly)
+                logit = hidden[0, -1].to(self.score_weight.dtype) @ self.score_weight
                 scores.append(torch.sigmoid(logit).item())
         return scores
