@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 import pytest
 from bad_inputs import image_doc, red_png
 
-from vllm_ascend_rerank.multimodal import MEDIA_CONNECTOR, register_media_connector
+from vllm_ascend_rerank.media_connector import MEDIA_CONNECTOR, register_media_connector
 
 ALLOWED = ["127.0.0.1"]
 
@@ -189,7 +189,7 @@ def test_redirect_loop_is_a_clear_client_error(
 
 
 def test_refused_hosts_parses_like_vllm_and_like_the_client() -> None:
-    from vllm_ascend_rerank.multimodal import refused_hosts
+    from vllm_ascend_rerank.media_connector import refused_hosts
 
     assert refused_hosts("http://127.0.0.1:8/x", ALLOWED) == []
     assert refused_hosts("http://LocalHost/x", ALLOWED) == ["localhost"]

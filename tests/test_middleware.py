@@ -19,7 +19,7 @@ from fastapi import Request
 from vllm.entrypoints.pooling.scoring.protocol import RerankRequest
 
 from vllm_ascend_rerank import guard, middleware
-from vllm_ascend_rerank.multimodal import media_error, shown_url
+from vllm_ascend_rerank.media_connector import media_error, shown_url
 
 LONG = "data:image/png;base64," + "A" * 500
 KEY = "secret-key"

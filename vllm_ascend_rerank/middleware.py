@@ -3,7 +3,7 @@ score requests reach vLLM in the official form.
 
 vLLM renders every (query, document) pair separately and loads its media without knowing
 the pair's index, so the error for an image or video that cannot be loaded names the media
-item (``multimodal.media_error``) but not which document holds it. The request body does: on
+item (``media_connector.media_error``) but not which document holds it. The request body does: on
 an error from a rerank/score route whose message carries a media tag (``[media <digest>]``,
 a digest of the whole URL), this middleware finds the inputs that hold that exact URL, puts
 them in front of the message and in ``param`` (``documents[2]: image_url '...': cannot
@@ -49,7 +49,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from vllm_ascend_rerank.compat import served_chat_template
-from vllm_ascend_rerank.multimodal import MEDIA_REF, shown_url
+from vllm_ascend_rerank.media_connector import MEDIA_REF, shown_url
 from vllm_ascend_rerank.truncation import limit_mark
 
 PATH = "vllm_ascend_rerank.middleware.NameFailingMedia"

@@ -31,7 +31,8 @@ def register_all() -> None:
     from vllm_ascend_rerank.ops import register_custom_ops
 
     register_custom_ops()
-    from vllm_ascend_rerank.multimodal import register_media_connector, register_video_loader
+    from vllm_ascend_rerank.media_connector import register_media_connector
+    from vllm_ascend_rerank.multimodal import register_video_loader
 
     register_video_loader()
     register_media_connector()

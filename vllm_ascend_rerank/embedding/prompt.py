@@ -114,7 +114,7 @@ def load_video(video: str | os.PathLike[str], options: Mapping[str, Any] | None 
     # vLLM imports are heavy and only videos need them.
     from vllm.multimodal.media import MEDIA_CONNECTOR_REGISTRY, ImageMediaIO, VideoMediaIO
 
-    from vllm_ascend_rerank import multimodal
+    from vllm_ascend_rerank import media_connector, multimodal
 
     options = dict(options or {})
     # Sampling options only: a video_backend here would replace the official sampler.
@@ -130,9 +130,9 @@ def load_video(video: str | os.PathLike[str], options: Mapping[str, Any] | None 
     source = os.fspath(video)
     scheme = source.split(":", 1)[0].lower() if ":" in source else ""
     if scheme in ("http", "https", "data"):
-        multimodal.register_media_connector()
+        media_connector.register_media_connector()
         connector = MEDIA_CONNECTOR_REGISTRY.load(
-            multimodal.MEDIA_CONNECTOR, media_io_kwargs={"video": io_kwargs}
+            media_connector.MEDIA_CONNECTOR, media_io_kwargs={"video": io_kwargs}
         )
         return connector.fetch_video(source)  # errors name the URL
     path = Path(url2pathname(urlparse(source).path)) if scheme == "file" else Path(source)
