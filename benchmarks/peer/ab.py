@@ -9,15 +9,13 @@ import os
 import statistics
 from pathlib import Path
 
-from . import REPO, SIDES, log
+from vllm_ascend_rerank.prompt import template_path
+from vllm_ascend_rerank.serving import HF_OVERRIDES  # the documented flags, one copy
+
+from . import SIDES, log
 from .side import Side, side_env
 
-TEMPLATE = REPO / "vllm_ascend_rerank" / "templates" / "qwen3_vl_reranker.jinja"
-HF_OVERRIDES = {
-    "architectures": ["Qwen3VLForSequenceClassification"],
-    "classifier_from_token": ["no", "yes"],
-    "is_original_qwen3_reranker": True,
-}
+TEMPLATE = Path(template_path())
 
 
 def spread(values: list[float]) -> str:

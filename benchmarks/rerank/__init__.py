@@ -5,12 +5,9 @@ they share."""
 import os
 from pathlib import Path
 
+from vllm_ascend_rerank.serving import HF_OVERRIDES  # noqa: F401 (the documented flags, one copy)
+
 REPO = Path(__file__).resolve().parents[2]
-HF_OVERRIDES = {
-    "architectures": ["Qwen3VLForSequenceClassification"],
-    "classifier_from_token": ["no", "yes"],
-    "is_original_qwen3_reranker": True,
-}
 SCENARIOS = ("short-long", "shared-prefix", "every-token", "bench-serve", "startup")
 DTYPES = ("float32", "bfloat16")
 # Engines run in spawned processes; the timing hooks (profiling.py) are sent to them as pickled
