@@ -6,9 +6,9 @@ fp32 and rounds its output to the model dtype, so that rounding is the last erro
 the way to a score. Kept in fp32 here (normalised and weighted in fp32, rounded nowhere).
 
 Measured on the tiny checkpoints (96 pairs, bf16, mean |score - official fp32|; issue 12,
-item 13): with the rounded output the plugin was 4-14% further from the fp32 scores than the
+item 13): with the rounded output the plugin was 5-13% further from the fp32 scores than the
 official scorer run in bf16, although its hidden states were closer at every layer (4-14%);
-with this norm it is 4-5% closer (tests/test_bf16_fidelity.py).
+with this norm it is 3-7% closer (tests/test_bf16_fidelity.py).
 """
 
 from __future__ import annotations
